@@ -1,0 +1,4 @@
+"""MRLA layer attention for timm: ``import timm_mrla`` registers the models with timm."""
+__version__ = '0.1.0'
+
+from . import models  # noqa: F401  registers the entry points with timm

@@ -1,0 +1,183 @@
+"""Convert checkpoints trained with the authors' MRLA code into timm model folders.
+
+The authors' training scripts save, depending on the family:
+
+* ``resnet/train.py``: ``{'epoch', 'arch', 'state_dict', 'best_prec1', 'optimizer'}``, keys prefixed ``module.``;
+* ``deit/main.py``: ``{'model', 'optimizer', 'lr_scheduler', 'epoch', 'args': argparse.Namespace, ...}``;
+* timm's ``train.py`` (their EfficientNet): ``{'state_dict', 'state_dict_ema'?, 'optimizer', 'args', ...}``;
+
+or a bare state dict, as ``.pth``, ``.pth.tar`` or ``.safetensors``. Files are read with
+``torch.load(weights_only=True)``, allowing ``argparse.Namespace`` and nothing else beyond torch's own
+safe types: no pickled code is ever executed.
+"""
+import argparse
+import importlib
+import pickle
+import re
+import shutil
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple, Union
+
+import timm
+import torch
+import torch.nn as nn
+from safetensors.torch import load_file
+from timm.models import save_for_hf
+
+__all__ = ['ConversionError', 'load_checkpoint', 'select_state_dict', 'convert_state_dict', 'write_model_folder',
+           'convert_checkpoint']
+
+PathLike = Union[str, Path]
+WEIGHTS_NAME = 'model.safetensors'
+CONFIG_NAME = 'config.json'
+# where each training script keeps the weights, preferred first
+_STATE_DICT_KEYS = ('state_dict', 'model')
+_EMA_STATE_DICT_KEYS = ('state_dict_ema', 'model_ema')
+_SHOWN_KEYS = 5
+
+
+class ConversionError(ValueError):
+    """A checkpoint that cannot be converted, with what to do about it."""
+
+
+def _first(keys: List[str]) -> str:
+    more = f' (and {len(keys) - _SHOWN_KEYS} more)' if len(keys) > _SHOWN_KEYS else ''
+    return ', '.join(keys[:_SHOWN_KEYS]) + more
+
+
+def load_checkpoint(path: PathLike) -> Dict[str, Any]:
+    """Read a ``.pth``/``.pth.tar``/``.safetensors`` file without executing pickled code."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConversionError(f'checkpoint {path} does not exist or is not a file')
+    if path.suffix == '.safetensors':
+        try:
+            return load_file(str(path))
+        except Exception as e:  # safetensors raises its own error types for malformed headers
+            raise ConversionError(f'{path} is not a readable safetensors file: {e}') from e
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            checkpoint = torch.load(path, map_location='cpu', weights_only=True)
+    except pickle.UnpicklingError as e:
+        refused = re.search(r'GLOBAL ([\w.]+)', str(e))
+        what = f'a Python object of type {refused[1]}' if refused else 'a Python object'
+        raise ConversionError(
+            f'{path} holds {what}, which safe loading (torch.load weights_only=True) refuses: timm-mrla never '
+            f'executes pickled code. If you trust the file, load it yourself and save only its state dict '
+            f'(torch.save(checkpoint["state_dict"], "weights.pth")), then convert that.') from e
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as e:
+        raise ConversionError(f'{path} is not a readable PyTorch checkpoint ({type(e).__name__}: {e})') from e
+    if not isinstance(checkpoint, dict):
+        raise ConversionError(f'{path} holds a {type(checkpoint).__name__}, expected a dict of tensors or a '
+                              f'training checkpoint dict')
+    return checkpoint
+
+
+def _is_state_dict(obj: Any) -> bool:
+    return isinstance(obj, dict) and bool(obj) and all(torch.is_tensor(v) for v in obj.values())
+
+
+def select_state_dict(checkpoint: Dict[str, Any], use_ema: bool = False) -> Tuple[Dict[str, torch.Tensor], str]:
+    """Pick the weights out of a training checkpoint; returns them and where they were found."""
+    if _is_state_dict(checkpoint):
+        if use_ema:
+            raise ConversionError('--ema was asked for, but the checkpoint is a bare state dict without EMA weights')
+        return checkpoint, 'the bare state dict'
+    keys = _EMA_STATE_DICT_KEYS if use_ema else _STATE_DICT_KEYS
+    for key in keys:
+        if _is_state_dict(checkpoint.get(key)):
+            return checkpoint[key], f"checkpoint['{key}']"
+    found = ', '.join(f"'{k}'" for k in checkpoint) or 'nothing'
+    wanted = ' or '.join(f"'{k}'" for k in keys)
+    raise ConversionError(f'no state dict under {wanted} in the checkpoint (it holds {found})')
+
+
+def _filter_fn(model_name: str):
+    module = importlib.import_module(timm.models.model_entrypoint(model_name).__module__)
+    return getattr(module, 'checkpoint_filter_fn')
+
+
+def _check_model_name(model_name: str) -> None:
+    if '.' in model_name or not timm.is_model(model_name) or \
+            not timm.models.model_entrypoint(model_name).__module__.startswith('timm_mrla.'):
+        known = ', '.join(timm.list_models('*mrla*'))
+        raise ConversionError(f"unknown MRLA model '{model_name}'; choose one of: {known}")
+
+
+def convert_state_dict(model_name: str, state_dict: Dict[str, torch.Tensor]) -> nn.Module:
+    """Build ``model_name`` and load the authors' ``state_dict`` into it, strictly.
+
+    The number of classes is taken from the checkpoint's classifier. Keys that map nowhere, missing keys
+    and shape mismatches raise ``ConversionError`` naming the first few.
+    """
+    _check_model_name(model_name)
+    pretrained_cfg = timm.models.get_pretrained_cfg(model_name)
+    model = timm.create_model(model_name, pretrained=False)
+    mapped = _filter_fn(model_name)(state_dict, model)
+    classifier_weight = mapped.get(f'{pretrained_cfg.classifier}.weight')
+    if classifier_weight is not None and classifier_weight.shape[0] != model.num_classes:
+        model = timm.create_model(model_name, pretrained=False, num_classes=classifier_weight.shape[0])
+        mapped = _filter_fn(model_name)(state_dict, model)
+
+    expected = model.state_dict()
+    unexpected = [k for k in mapped if k not in expected]
+    missing = [k for k in expected if k not in mapped]
+    mismatched = [f'{k} {tuple(mapped[k].shape)} vs {tuple(v.shape)}' for k, v in expected.items()
+                  if k in mapped and mapped[k].shape != v.shape]
+    problems = []
+    if unexpected:
+        problems.append(f'{len(unexpected)} checkpoint keys map to nothing in {model_name}: {_first(unexpected)}')
+    if missing:
+        problems.append(f'{len(missing)} keys of {model_name} are missing from the checkpoint: {_first(missing)}')
+    if mismatched:
+        problems.append(f'{len(mismatched)} shapes differ (checkpoint vs model): {_first(mismatched)}')
+    if problems:
+        raise ConversionError(f'the checkpoint does not fit {model_name}. ' + '; '.join(problems) +
+                              '. Check --model against the architecture the checkpoint was trained with.')
+    model.load_state_dict(mapped, strict=True)
+    return model.eval()
+
+
+def write_model_folder(model: nn.Module, out_dir: PathLike, force: bool = False) -> Path:
+    """Write ``model.safetensors`` and timm's ``config.json`` into ``out_dir``.
+
+    An existing non-empty ``out_dir`` is only written into with ``force``; then the files written here
+    replace theirs and any other file in it is left alone. The folder is assembled beside ``out_dir`` and
+    moved in at the end, so a failure never leaves a half-written folder.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConversionError(f'{out_dir} exists and is not a folder')
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
+        raise ConversionError(f'{out_dir} is not empty; choose another folder or pass --force to replace '
+                              f'the model files in it')
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f'.{out_dir.name}.', dir=out_dir.parent))
+    try:
+        save_for_hf(model, staging, safe_serialization=True)
+        out_dir.mkdir(exist_ok=True)
+        for item in staging.iterdir():
+            item.replace(out_dir / item.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out_dir
+
+
+def convert_checkpoint(
+        checkpoint_path: PathLike,
+        model_name: str,
+        out_dir: PathLike,
+        force: bool = False,
+        use_ema: bool = False,
+) -> Tuple[Path, str]:
+    """Convert an authors' checkpoint file into a timm model folder; returns the folder and the weights' source."""
+    _check_model_name(model_name)
+    out_dir = Path(out_dir)
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not force:  # fail before the slow part
+        raise ConversionError(f'{out_dir} is not empty; choose another folder or pass --force to replace '
+                              f'the model files in it')
+    state_dict, source = select_state_dict(load_checkpoint(checkpoint_path), use_ema=use_ema)
+    model = convert_state_dict(model_name, state_dict)
+    return write_model_folder(model, out_dir, force=force), source
