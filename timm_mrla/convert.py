@@ -62,11 +62,14 @@ def load_checkpoint(path: PathLike) -> Dict[str, Any]:
             checkpoint = torch.load(path, map_location='cpu', weights_only=True)
     except pickle.UnpicklingError as e:
         refused = re.search(r'GLOBAL ([\w.]+)', str(e))
-        what = f'a Python object of type {refused[1]}' if refused else 'a Python object'
+        if refused is None:
+            raise ConversionError(f'{path} is not a readable PyTorch checkpoint: it is damaged or was not '
+                                  f'written by torch.save') from e
         raise ConversionError(
-            f'{path} holds {what}, which safe loading (torch.load weights_only=True) refuses: timm-mrla never '
-            f'executes pickled code. If you trust the file, load it yourself and save only its state dict '
-            f'(torch.save(checkpoint["state_dict"], "weights.pth")), then convert that.') from e
+            f'{path} holds a Python object of type {refused[1]}, which safe loading (torch.load '
+            f'weights_only=True) refuses: timm-mrla never executes pickled code. If you trust the file, load it '
+            f'yourself and save only its state dict (torch.save(checkpoint["state_dict"], "weights.pth")), '
+            f'then convert that.') from e
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as e:
         raise ConversionError(f'{path} is not a readable PyTorch checkpoint ({type(e).__name__}: {e})') from e
     if not isinstance(checkpoint, dict):
@@ -122,9 +125,11 @@ def convert_state_dict(model_name: str, state_dict: Dict[str, torch.Tensor]) -> 
         mapped = _filter_fn(model_name)(state_dict, model)
 
     expected = model.state_dict()
-    unexpected = [k for k in mapped if k not in expected]
+    # the filters rename one key at a time, in order: report problems under the checkpoint's own names
+    origin = dict(zip(mapped, state_dict)) if len(mapped) == len(state_dict) else {}
+    unexpected = [origin.get(k, k) for k in mapped if k not in expected]
     missing = [k for k in expected if k not in mapped]
-    mismatched = [f'{k} {tuple(mapped[k].shape)} vs {tuple(v.shape)}' for k, v in expected.items()
+    mismatched = [f'{origin.get(k, k)} {tuple(mapped[k].shape)} vs {tuple(v.shape)}' for k, v in expected.items()
                   if k in mapped and mapped[k].shape != v.shape]
     problems = []
     if unexpected:

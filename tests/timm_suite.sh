@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Runs timm's own model test suite (tests/test_models.py from the timm sdist, unmodified) on every
+# timm-mrla model. Needs the project installed; fetches the sdist of the installed timm release.
+#   bash tests/timm_suite.sh [extra pytest args]
+set -euo pipefail
+python=${PYTHON:-python}
+version=$("$python" -c 'import timm; print(timm.__version__)')
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+"$python" -m pip download --quiet --no-deps --no-binary :all: "timm==$version" -d "$work"
+tar -xzf "$work/timm-$version.tar.gz" -C "$work"
+# run the copied tests against the installed timm, not the sdist's sources
+mkdir "$work/suite" && cp -r "$work/timm-$version/tests" "$work/suite/"
+cd "$work/suite"
+status=0
+TORCH_BACKEND=timm_mrla "$python" -m pytest tests/test_models.py -k mrla -p no:cacheprovider -q "$@" || status=$?
+# exit 5 means nothing was collected: no mrla model reached timm's registry, which is a failure here
+[ "$status" -eq 5 ] && echo "timm_suite: no timm-mrla model was collected" >&2
+exit "$status"
