@@ -11,12 +11,12 @@ from typing import Dict, List, Tuple
 
 import torch
 
-KEY_DIR = Path(__file__).resolve().parents[2] / 'shared' / 'reference' / 'official-keys'
 GOLDEN_DIR = Path(__file__).resolve().parent / 'golden'
+KEY_DIR = GOLDEN_DIR / 'keys'  # the authors' state-dict keys and shapes (copied from shared/reference/official-keys)
 
 
 def read_key_list(name: str) -> List[Tuple[str, Tuple[int, ...], str]]:
-    """(key, shape, dtype) rows of ``official-keys/<name>.tsv``."""
+    """(key, shape, dtype) rows of ``keys/<name>.tsv``."""
     rows = []
     for line in (KEY_DIR / f'{name}.tsv').read_text().splitlines():
         if not line or line.startswith('#'):
