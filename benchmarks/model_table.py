@@ -24,6 +24,15 @@ BASE_MODELS = {
     'resnet152_mrla': 'resnet152',
     'resnet50_mrla_base': 'resnet50c',
     'resnet101_mrla_base': 'resnet101c',
+    'efficientnet_b0_mrla': 'efficientnet_b0',
+    'efficientnet_b1_mrla': 'efficientnet_b1',
+    'efficientnet_b2_mrla': 'efficientnet_b2',
+    'deit_tiny_mrla': 'deit_tiny_patch16_224',
+    'deit_small_mrla': 'deit_small_patch16_224',
+    'deit_base_mrla': 'deit_base_patch16_224',
+    'deit_tiny_mrla_base': 'deit_tiny_patch16_224',
+    'deit_small_mrla_base': 'deit_small_patch16_224',
+    'deit_base_mrla_base': 'deit_base_patch16_224',
 }
 
 
@@ -46,7 +55,8 @@ def main():
     for name in args.models:
         base = BASE_MODELS[name]
         params, macs, size = measure(name)
-        base_params, base_macs, _ = measure(base)
+        base_params, base_macs, base_size = measure(base)
+        assert base_size == size, f'{name} and {base} default to different input sizes'
         print(f'| {name} | {base} | {size} | {params / 1e6:.3f} | {macs / 1e9:.3f} | '
               f'+{(params - base_params) / 1e3:.1f}K | +{(macs - base_macs) / 1e9:.3f} |')
 

@@ -21,15 +21,36 @@ def relative_max_diff(out: torch.Tensor, ref: torch.Tensor) -> float:
     return float((out - ref).abs().max() / ref.abs().max())
 
 
+OPTIMIZER_STATE = {'state': {}, 'param_groups': [{'lr': 0.1, 'momentum': 0.9, 'params': [0, 1]}]}
+
+
 def resnet_train_checkpoint(authors_name: str) -> dict:
     """As resnet/train.py saves it: DDP 'module.' keys under 'state_dict'."""
     state_dict = {f'module.{k}': v for k, v in synthetic_state_dict(authors_name).items()}
     return {'epoch': 120, 'arch': authors_name, 'state_dict': state_dict, 'best_prec1': torch.tensor(77.75),
-            'optimizer': {'state': {}, 'param_groups': [{'lr': 0.1, 'momentum': 0.9, 'params': [0, 1]}]}}
+            'optimizer': OPTIMIZER_STATE}
+
+
+def deit_main_checkpoint(authors_name: str) -> dict:
+    """As deit/main.py saves it: 'model' and 'model_ema' beside an argparse.Namespace."""
+    state_dict = synthetic_state_dict(authors_name)
+    args = argparse.Namespace(model=authors_name, lr=5e-4, drop_path=0.1, data_path='/data/imagenet', epochs=300,
+                              output_dir='out', model_ema=True, input_size=224)
+    return {'model': state_dict, 'optimizer': OPTIMIZER_STATE, 'lr_scheduler': {'base_lrs': [5e-4]}, 'epoch': 299,
+            'model_ema': state_dict, 'scaler': {'scale': 65536.0}, 'args': args}
+
+
+def timm_train_checkpoint(authors_name: str) -> dict:
+    """As timm's train.py saves it (the authors' EfficientNet): 'state_dict', 'state_dict_ema', 'args'."""
+    state_dict = synthetic_state_dict(authors_name)
+    args = argparse.Namespace(model=authors_name, drop_path=0.2, model_ema=True, lr=0.048, epochs=350)
+    return {'epoch': 349, 'arch': authors_name, 'state_dict': state_dict, 'state_dict_ema': state_dict,
+            'optimizer': OPTIMIZER_STATE, 'version': 2, 'args': args, 'metric': 77.0}
 
 
 def assert_reproduces_authors(folder: Path, authors_name: str) -> None:
-    model = timm.create_model(f'local-dir:{folder}', pretrained=True)
+    # the golden train-mode logits were taken with drop path off (the authors' DeiT-base hard-codes 0.1)
+    model = timm.create_model(f'local-dir:{folder}', pretrained=True, drop_path_rate=0.)
     golden = load_file(str(GOLDEN_DIR / f'{authors_name}.safetensors'))
     x = golden_input()
     with torch.no_grad():
@@ -40,17 +61,21 @@ def assert_reproduces_authors(folder: Path, authors_name: str) -> None:
         assert relative_max_diff(out, ref) <= TOLERANCE, key
 
 
-@pytest.mark.parametrize('authors_name, model_name', [
-    ('resnet50_mrlal', 'resnet50_mrla'),
-    ('resnet101_mrlal', 'resnet101_mrla'),
-    ('resnet50_mrlab', 'resnet50_mrla_base'),
+@pytest.mark.parametrize('authors_name, model_name, layout, source', [
+    ('resnet50_mrlal', 'resnet50_mrla', resnet_train_checkpoint, 'state_dict'),
+    ('resnet101_mrlal', 'resnet101_mrla', resnet_train_checkpoint, 'state_dict'),
+    ('resnet50_mrlab', 'resnet50_mrla_base', resnet_train_checkpoint, 'state_dict'),
+    ('efficientnet_mrla_b0', 'efficientnet_b0_mrla', timm_train_checkpoint, 'state_dict'),
+    ('deit_mrlal_tiny_patch16_224', 'deit_tiny_mrla', deit_main_checkpoint, 'model'),
+    ('deit_mrlal_small_patch16_224', 'deit_small_mrla', deit_main_checkpoint, 'model'),
+    ('deit_mrlab_tiny_patch16_224', 'deit_tiny_mrla_base', deit_main_checkpoint, 'model'),
 ])
-def test_convert_reproduces_authors_outputs(tmp_path, capsys, authors_name, model_name):
+def test_convert_reproduces_authors_outputs(tmp_path, capsys, authors_name, model_name, layout, source):
     checkpoint = tmp_path / f'{authors_name}.pth.tar'
-    torch.save(resnet_train_checkpoint(authors_name), checkpoint)
+    torch.save(layout(authors_name), checkpoint)
     out = tmp_path / 'converted'
     assert main(['convert', str(checkpoint), '--model', model_name, '--out', str(out)]) == 0
-    assert "checkpoint['state_dict']" in capsys.readouterr().out
+    assert f"checkpoint['{source}']" in capsys.readouterr().out
     assert sorted(p.name for p in out.iterdir()) == ['config.json', 'model.safetensors']
     assert_reproduces_authors(out, authors_name)
 
@@ -63,16 +88,6 @@ def test_a_wrong_weight_is_caught_by_the_golden_outputs(tmp_path):
     convert_checkpoint(tmp_path / 'w.safetensors', 'resnet50_mrla', tmp_path / 'out')
     with pytest.raises(AssertionError):
         assert_reproduces_authors(tmp_path / 'out', 'resnet50_mrlal')
-
-
-def test_deit_style_checkpoint_with_namespace_args(tmp_path):
-    state_dict = synthetic_state_dict('resnet50_mrlal')
-    args = argparse.Namespace(model='resnet50_mrlal', lr=5e-4, drop_path=0.2, data_path='/data', epochs=300)
-    torch.save({'model': state_dict, 'optimizer': {}, 'lr_scheduler': {}, 'epoch': 299, 'args': args},
-               tmp_path / 'checkpoint.pth')
-    folder, source = convert_checkpoint(tmp_path / 'checkpoint.pth', 'resnet50_mrla', tmp_path / 'out')
-    assert source == "checkpoint['model']"
-    assert_reproduces_authors(folder, 'resnet50_mrlal')
 
 
 def test_ema_weights_are_taken_on_request(tmp_path):

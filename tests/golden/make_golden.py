@@ -1,23 +1,22 @@
 """Compute the golden outputs in this folder with the authors' own code (run once, by hand).
 
-The authors' code is not part of this project and is never committed. To regenerate:
+The authors' code is not part of this project and is never committed. Their DeiT and EfficientNet files
+were written against timm 0.5.x (``timm.models.layers.helpers``, the old EfficientNet builder), so put that
+release first on ``PYTHONPATH``; their ResNet files need only torch and einops:
 
-    git clone https://github.com/joyfang1106/MRLA /tmp/MRLA      # pip install einops
-    python tests/golden/make_golden.py --authors-repo /tmp/MRLA resnet50_mrlal resnet101_mrlal resnet50_mrlab \
+    git clone https://github.com/joyfang1106/MRLA /tmp/MRLA
+    pip install einops && pip install --no-deps --target /tmp/timm054 timm==0.5.4
+    for f in efficientnet_mrla efficientnet_blocks efficientnet_builder; do   # EfficientNet is in the history
+        git -C /tmp/MRLA show 87d22997:timm/models/$f.py > /tmp/timm054/timm/models/$f.py; done
+    PYTHONPATH=/tmp/timm054 python tests/golden/make_golden.py --authors-repo /tmp/MRLA \
+        resnet50_mrlal resnet101_mrlal resnet50_mrlab efficientnet_mrla_b0 \
         deit_mrlal_tiny_patch16_224 deit_mrlal_small_patch16_224 deit_mrlab_tiny_patch16_224
-
-EfficientNet lives in the repo's history (commit 87d22997, ``timm/models/efficientnet_*.py``) and needs the
-timm release it was written against: install ``timm==0.5.4`` into a folder, copy the three files into its
-``timm/models/``, and run with that folder first on ``PYTHONPATH`` and ``--authors-timm`` set:
-
-    pip install --no-deps --target /tmp/timm054 timm==0.5.4
-    git -C /tmp/MRLA show 87d22997:timm/models/efficientnet_mrla.py > /tmp/timm054/timm/models/efficientnet_mrla.py
-    (likewise efficientnet_blocks.py and efficientnet_builder.py)
-    PYTHONPATH=/tmp/timm054 python tests/golden/make_golden.py --authors-timm efficientnet_mrla_b0
 
 Each model gets the deterministic weights of ``synthetic_checkpoints.synthetic_state_dict`` (loaded
 strictly, so every key of the authors' model is covered) and the input of ``golden_input``; the file
-``<name>.safetensors`` stores the eval-mode logits and the train-mode logits (batch statistics, no drop path).
+``<name>.safetensors`` stores the eval-mode logits and the train-mode logits (batch statistics, drop path
+switched off). For a model without a reference key list (EfficientNet) the list is recorded from the
+authors' model into ``keys/``.
 """
 import argparse
 import importlib
@@ -29,7 +28,7 @@ import torch
 from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from synthetic_checkpoints import GOLDEN_DIR, golden_input, synthetic_state_dict  # noqa: E402
+from synthetic_checkpoints import GOLDEN_DIR, KEY_DIR, golden_input, synthetic_state_dict  # noqa: E402
 
 # authors' model name -> (folder of their repo to import from, module, constructor)
 AUTHORS_MODELS = {
@@ -57,18 +56,30 @@ def build(name: str, authors_repo: Path) -> torch.nn.Module:
     return getattr(module, fn_name)()
 
 
+def write_key_list(name: str, state_dict) -> None:
+    rows = [f'# state_dict of the authors\' {name} (key, shape, dtype), recorded by make_golden.py']
+    for key, value in state_dict.items():
+        shape = 'x'.join(str(d) for d in value.shape) or 'scalar'
+        rows.append(f'{key}\t{shape}\t{str(value.dtype).replace("torch.", "")}')
+    (KEY_DIR / f'{name}.tsv').write_text('\n'.join(rows) + '\n')
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('names', nargs='+', choices=sorted(AUTHORS_MODELS))
-    parser.add_argument('--authors-repo', type=Path, help='checkout of github.com/joyfang1106/MRLA')
-    parser.add_argument('--authors-timm', action='store_true', help='authors EfficientNet on PYTHONPATH')
+    parser.add_argument('--authors-repo', type=Path, required=True, help='checkout of github.com/joyfang1106/MRLA')
     args = parser.parse_args()
     torch.set_grad_enabled(False)
     for name in args.names:
         model = build(name, args.authors_repo)
+        if not (KEY_DIR / f'{name}.tsv').exists():  # no reference key list (EfficientNet): record the model's
+            write_key_list(name, model.state_dict())
         state_dict = synthetic_state_dict(name)
         model.load_state_dict(state_dict, strict=True)
         x = golden_input()
+        for module in model.modules():  # deit_mrla_base.py hard-codes drop path 0.1 in every block
+            if hasattr(module, 'drop_prob'):
+                module.drop_prob = 0.
         outputs = {'eval_logits': model.eval()(x).contiguous(), 'train_logits': model.train()(x).contiguous()}
         meta = {'authors_model': name, 'torch': torch.__version__}
         save_file(outputs, str(GOLDEN_DIR / f'{name}.safetensors'), metadata=meta)

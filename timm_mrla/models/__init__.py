@@ -1,1 +1,3 @@
 from .resnet import *
+from .efficientnet import *
+from .deit import *
