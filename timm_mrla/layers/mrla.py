@@ -18,8 +18,9 @@ from typing import List, Optional, Tuple, Type
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.fx._symbolic_trace import is_fx_tracing
 
-__all__ = ['eca_kernel_size', 'MRLALight', 'MRLABase']
+__all__ = ['eca_kernel_size', 'MRLALight', 'MRLABase', 'batchnorm_affine', 'add_mrla_light']
 
 
 def eca_kernel_size(channels: int) -> int:
@@ -70,6 +71,7 @@ class _MRLAProjections(nn.Module):
         kernel_size = kernel_size or eca_kernel_size(dim)
         if kernel_size % 2 == 0:
             raise ValueError(f'MRLA kernel_size must be odd to keep the channel count, got {kernel_size}')
+        self.kernel_size = kernel_size
         self.q = nn.Conv1d(1, 1, kernel_size, padding=kernel_size // 2, bias=False, **dd)
         self.k = nn.Conv1d(1, 1, kernel_size, padding=kernel_size // 2, bias=False, **dd)
         self.v = nn.Conv2d(dim, dim, 3, padding=1, groups=dim, bias=False, **dd)
@@ -77,9 +79,10 @@ class _MRLAProjections(nn.Module):
 
     def query_key(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """[B, C, H, W] -> query, key, each [B, num_heads, head_dim]."""
-        y = x.mean((2, 3), keepdim=False).unsqueeze(1)  # [B, 1, C]
-        q = self.q(y).squeeze(1).unflatten(-1, (self.num_heads, self.head_dim))
-        k = self.k(y).squeeze(1).unflatten(-1, (self.num_heads, self.head_dim))
+        y = x.mean((2, 3)).unsqueeze(1)  # [B, 1, C]
+        # both 1-channel convolutions in one call: the pair is tiny, so per-call overhead is its cost
+        qk = F.conv1d(y, torch.cat([self.q.weight, self.k.weight]), padding=self.kernel_size // 2)
+        q, k = qk.unflatten(-1, (self.num_heads, self.head_dim)).unbind(1)
         return q, k
 
     def value(self, x: torch.Tensor) -> torch.Tensor:
@@ -87,7 +90,7 @@ class _MRLAProjections(nn.Module):
 
     def expand_heads(self, w: torch.Tensor) -> torch.Tensor:
         """Per-head weights [B, num_heads] -> per-channel [B, C, 1, 1]."""
-        return w.repeat_interleave(self.head_dim, dim=1)[:, :, None, None]
+        return w[:, :, None].expand(-1, -1, self.head_dim).flatten(1)[:, :, None, None]
 
 
 class MRLALight(_MRLAProjections):
@@ -106,10 +109,34 @@ class MRLALight(_MRLAProjections):
     def reset_parameters(self) -> None:
         nn.init.normal_(self.lambda_t)
 
-    def forward(self, x: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:
+    def gate(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-channel gates [B, C, 1, 1]: ``sigmoid(<q_h, k_h> / sqrt(d))`` repeated over each head's channels."""
         q, k = self.query_key(x)
-        gate = torch.sigmoid((q * k).sum(-1) * self.scale)  # [B, num_heads]
-        return self.value(x) * self.expand_heads(gate) + self.lambda_t[:, None, None] * prev
+        return self.expand_heads(torch.sigmoid((q * k).sum(-1) * self.scale))
+
+    def forward(self, x: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:
+        return torch.addcmul(self.lambda_t[:, None, None] * prev, self.value(x), self.gate(x))
+
+    def forward_folded(self, x: torch.Tensor, prev: torch.Tensor, scale: torch.Tensor,
+                       shift: torch.Tensor) -> torch.Tensor:
+        """``x + scale * self(x, prev) + shift``, for a frozen per-channel affine norm (eval BatchNorm) after the
+        layer and the residual add around it. Needs a layer without value activation.
+
+        The norm's scale folds into the value kernel and ``lambda_t``. For a contiguous NCHW ``x`` the
+        per-sample gate, the shift and the residual identity fold in as well, into one depthwise convolution
+        over B*C groups, so the whole branch is that convolution plus one pass over ``prev``.
+        """
+        gate = self.gate(x)
+        weight = self.v.weight * scale[:, None, None, None]
+        prev_scale = (scale * self.lambda_t)[:, None, None]
+        if x.is_contiguous():
+            b, c, h, w = x.shape
+            kernel = (gate * weight.view(1, c, 3, 3)).reshape(b * c, 1, 3, 3)
+            kernel[:, :, 1, 1] += 1  # the residual identity
+            y = F.conv2d(x.reshape(1, b * c, h, w), kernel, shift.repeat(b), padding=1, groups=b * c)
+            return y.view(b, c, h, w).addcmul_(prev, prev_scale)
+        y = torch.addcmul(shift[:, None, None], prev, prev_scale)
+        return y.addcmul_(F.conv2d(x, weight, padding=1, groups=self.dim), gate).add_(x)
 
 
 class MRLABase(_MRLAProjections):
@@ -139,3 +166,34 @@ class MRLABase(_MRLAProjections):
         for t in range(1, len(all_values)):
             out = out + all_values[t] * self.expand_heads(attn[:, t])
         return out, k, v
+
+
+def batchnorm_affine(norm: nn.Module) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
+    """Per-channel ``(scale, shift)`` equal to ``norm`` when it is a BatchNorm (plain, timm's norm-act without
+    activation, or frozen) using running statistics; None for anything else."""
+    mean, var = getattr(norm, 'running_mean', None), getattr(norm, 'running_var', None)
+    if norm.training or mean is None or var is None:
+        return None
+    if any(not isinstance(getattr(norm, name, nn.Identity()), nn.Identity) for name in ('act', 'drop')):
+        return None
+    scale = torch.rsqrt(var + norm.eps)
+    if getattr(norm, 'weight', None) is not None:
+        scale = scale * norm.weight
+    shift = -mean * scale
+    if getattr(norm, 'bias', None) is not None:
+        shift = shift + norm.bias
+    return scale, shift
+
+
+def add_mrla_light(x: torch.Tensor, prev: torch.Tensor, mrla: MRLALight, norm: nn.Module,
+                   drop_path: nn.Module) -> torch.Tensor:
+    """``x + drop_path(norm(mrla(x, prev)))``, the MRLA-light branch of the CNN blocks.
+
+    At inference an eval-mode BatchNorm folds into the layer (``MRLALight.forward_folded``). Python only:
+    TorchScript-ed blocks write the expression out; FX traces it, and torch.compile fuses it, plainly.
+    """
+    if not drop_path.training and not is_fx_tracing() and not torch.compiler.is_compiling():
+        affine = batchnorm_affine(norm)
+        if affine is not None:
+            return mrla.forward_folded(x, prev, *affine)
+    return x + drop_path(norm(mrla(x, prev)))

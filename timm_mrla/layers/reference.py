@@ -5,14 +5,17 @@ pooled descriptor as a [B, 1, C] sequence, explicit per-head views, einsum dot p
 MRLA-base, the key/value cache as concatenated tensors. They are slow on purpose; the tests prove the
 production modules equal to them (forward and gradients) so the fast path can change freely.
 """
-from typing import Optional, Tuple
+from contextlib import contextmanager
+from functools import partial
+from typing import Iterator, List, Optional, Tuple
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 from .mrla import MRLABase, MRLALight
 
-__all__ = ['mrla_light_reference', 'mrla_base_reference']
+__all__ = ['mrla_light_reference', 'mrla_base_reference', 'reference_mode']
 
 
 def _qkv(layer, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -62,3 +65,40 @@ def mrla_base_reference(
     attn = torch.softmax(torch.einsum('bgid,bgtd->bgit', qh, kh) * (d ** -0.5), dim=-1)  # [b, g, 1, t]
     out = torch.einsum('bgit,bgtj->bgij', attn, vh).reshape(b, c, h, w)
     return out, keys, values
+
+
+def _light_folded_reference(layer: MRLALight, x: torch.Tensor, prev: torch.Tensor, scale: torch.Tensor,
+                            shift: torch.Tensor) -> torch.Tensor:
+    """What ``MRLALight.forward_folded`` computes, written out: the residual plus the affine-normed output."""
+    return x + scale.view(-1, 1, 1) * mrla_light_reference(layer, x, prev) + shift.view(-1, 1, 1)
+
+
+def _base_reference_from_lists(layer: MRLABase, x: torch.Tensor, keys: List[torch.Tensor],
+                               values: List[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``mrla_base_reference`` behind ``MRLABase.forward``'s list interface (the cache re-concatenated each call)."""
+    prev_keys = torch.stack(keys, 1).flatten(2) if keys else None
+    prev_values = torch.stack(values, 1) if values else None
+    out, all_keys, all_values = mrla_base_reference(layer, x, prev_keys, prev_values)
+    return out, all_keys[:, -1].unflatten(-1, (layer.num_heads, layer.head_dim)), all_values[:, -1]
+
+
+@contextmanager
+def reference_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Within the block, every MRLA layer of ``model`` computes through its literal reference form.
+
+    Every fast path of a layer is replaced, so the model's output is the plain computation's; the tests
+    compare the two and the benchmarks time them.
+    """
+    layers = [m for m in model.modules() if isinstance(m, (MRLALight, MRLABase))]
+    for layer in layers:
+        if isinstance(layer, MRLALight):
+            layer.forward = partial(mrla_light_reference, layer)
+            layer.forward_folded = partial(_light_folded_reference, layer)
+        else:
+            layer.forward = partial(_base_reference_from_lists, layer)
+    try:
+        yield model
+    finally:
+        for layer in layers:
+            layer.__dict__.pop('forward', None)
+            layer.__dict__.pop('forward_folded', None)

@@ -22,7 +22,7 @@ from timm.models._efficientnet_blocks import InvertedResidual
 from timm.models._efficientnet_builder import (
     decode_arch_def, efficientnet_init_weights, resolve_act_layer, resolve_bn_args, round_channels)
 
-from timm_mrla.layers import MRLALight
+from timm_mrla.layers import MRLALight, add_mrla_light
 from ._helpers import lambda_no_weight_decay, remap_state_dict
 
 __all__ = ['MRLAEfficientNet', 'MRLAInvertedResidual']
@@ -65,7 +65,9 @@ class MRLAInvertedResidual(InvertedResidual):
         x = self.conv_pwl(x)
         x = self.bn3(x)
         x = self.drop_path(x) + shortcut
-        return x + self.drop_path_mrla(self.bn_mrla(self.mrla(x, shortcut)))
+        if torch.jit.is_scripting():
+            return x + self.drop_path_mrla(self.bn_mrla(self.mrla(x, shortcut)))
+        return add_mrla_light(x, shortcut, self.mrla, self.bn_mrla, self.drop_path_mrla)
 
 
 class MRLAEfficientNet(EfficientNet):

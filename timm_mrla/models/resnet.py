@@ -24,7 +24,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath
 from timm.models import BasicBlock, Bottleneck, ResNet, build_model_with_cfg, generate_default_cfgs, register_model
 
-from timm_mrla.layers import MRLABase, MRLALight
+from timm_mrla.layers import MRLABase, MRLALight, add_mrla_light
 from ._helpers import lambda_no_weight_decay, remap_state_dict
 
 __all__ = ['MRLAResNet', 'MRLABaseResNet', 'MRLABasicBlock', 'MRLABottleneck', 'MRLABaseBottleneck']
@@ -71,7 +71,9 @@ class MRLABasicBlock(BasicBlock):
         if self.drop_path is not None:
             out = self.drop_path(out)
         out = self.act2(out + shortcut)
-        return out + self.drop_path_mrla(self.bn_mrla(self.mrla(out, shortcut)))
+        if torch.jit.is_scripting():
+            return out + self.drop_path_mrla(self.bn_mrla(self.mrla(out, shortcut)))
+        return add_mrla_light(out, shortcut, self.mrla, self.bn_mrla, self.drop_path_mrla)
 
 
 class MRLABottleneck(Bottleneck):
@@ -121,7 +123,9 @@ class MRLABottleneck(Bottleneck):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out, shortcut = self.residual(x)
-        return out + self.drop_path_mrla(self.bn_mrla(self.mrla(out, shortcut)))
+        if torch.jit.is_scripting():
+            return out + self.drop_path_mrla(self.bn_mrla(self.mrla(out, shortcut)))
+        return add_mrla_light(out, shortcut, self.mrla, self.bn_mrla, self.drop_path_mrla)
 
 
 class MRLABaseBottleneck(MRLABottleneck):

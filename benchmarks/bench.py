@@ -1,0 +1,217 @@
+"""Throughput and memory of MRLA models against their timm base models, measured side by side.
+
+    python benchmarks/bench.py                                   # every pair, eager, on the CPU
+    python benchmarks/bench.py --pairs resnet50_mrla --modes eager compile channels_last bf16
+    python benchmarks/bench.py --authors-repo /path/to/MRLA      # also time the authors' models
+    python benchmarks/bench.py --device cuda --batch-size 64 --modes eager amp channels_last compile
+
+For each pair, all models are built in this one process and timed in alternating repeats (MRLA model,
+timm base model, the MRLA model with its layers in their literal reference form, and the authors' model
+when ``--authors-repo`` is given), so that machine noise falls on all of them alike; each figure is the
+median over the repeats. A training step is forward, backward and an SGD update. Ratios are throughputs
+relative to the timm base model (> 1 is faster). Memory is, on CUDA, the peak allocated during a
+training step; on the CPU, the bytes autograd keeps for backward in one training step (what grows with
+depth, e.g. an MRLA-base key/value cache). The markdown table goes to stdout and ``--out``.
+"""
+import argparse
+import contextlib
+import importlib
+import os
+import platform
+import sys
+import time
+import types
+from pathlib import Path
+from statistics import median
+from typing import Callable, Dict, List, Optional
+
+import timm
+import torch
+import torch.nn as nn
+
+import timm_mrla  # noqa: F401
+from timm_mrla.layers import reference_mode
+
+# MRLA model -> (timm base model, the authors' model: (folder in their repo, module, constructor) or None).
+# The authors' DeiT and EfficientNet files need timm 0.5 and cannot share a process with timm 1.x.
+PAIRS = {
+    'resnet50_mrla': ('resnet50', ('resnet', 'models.resnet_mrla_light', 'resnet50_mrlal')),
+    'resnet101_mrla': ('resnet101', ('resnet', 'models.resnet_mrla_light', 'resnet101_mrlal')),
+    'resnet50_mrla_base': ('resnet50c', ('resnet', 'models.resnet_mrla_base', 'resnet50_mrlab')),
+    'efficientnet_b0_mrla': ('efficientnet_b0', None),
+    'deit_tiny_mrla': ('deit_tiny_patch16_224', None),
+    'deit_small_mrla': ('deit_small_patch16_224', None),
+    'deit_tiny_mrla_base': ('deit_tiny_patch16_224', None),
+    'deit_small_mrla_base': ('deit_small_patch16_224', None),
+}
+MODES = ('eager', 'channels_last', 'bf16', 'amp', 'compile')
+
+
+def authors_model(spec, repo: Path) -> nn.Module:
+    folder, module_name, fn_name = spec
+    sys.path.insert(0, str(repo / folder))
+    if folder == 'resnet' and 'models' not in sys.modules:
+        # their models/__init__.py star-imports a resnet152_mrlal that does not exist; skip it
+        package = types.ModuleType('models')
+        package.__path__ = [str(repo / 'resnet' / 'models')]
+        sys.modules['models'] = package
+    with contextlib.redirect_stdout(None):  # they print on construction
+        return getattr(importlib.import_module(module_name), fn_name)()
+
+
+class Runner:
+    """One model prepared for one mode: ``infer()`` and ``train()`` run one step each."""
+
+    def __init__(self, model: nn.Module, mode: str, device: torch.device, batch_size: int, img_size: int,
+                 reference: bool = False):
+        self._context = contextlib.ExitStack()
+        if reference:  # for this runner's whole life: its model is used nowhere else
+            self._context.enter_context(reference_mode(model))
+        memory_format = torch.channels_last if mode == 'channels_last' else torch.contiguous_format
+        self.model = model.to(device, memory_format=memory_format)
+        self.x = torch.randn(batch_size, 3, img_size, img_size, device=device).contiguous(memory_format=memory_format)
+        self.target = torch.randint(0, 1000, (batch_size,), device=device)
+        self.device = device
+        autocast_dtype = {'bf16': torch.bfloat16, 'amp': torch.float16}.get(mode)
+        self.autocast = (lambda: torch.autocast(device.type, dtype=autocast_dtype)) if autocast_dtype else \
+            contextlib.nullcontext
+        self.forward = torch.compile(self.model) if mode == 'compile' else self.model
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=1e-4, momentum=0.9)
+        self.loss_fn = nn.CrossEntropyLoss()
+
+    def _sync(self):
+        if self.device.type == 'cuda':
+            torch.cuda.synchronize()
+
+    def infer(self):
+        self.model.eval()
+        with torch.inference_mode(), self.autocast():
+            self.forward(self.x)
+        self._sync()
+
+    def train(self):
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        with self.autocast():
+            loss = self.loss_fn(self.forward(self.x), self.target)
+        loss.backward()
+        self.optimizer.step()
+        self._sync()
+
+    def train_memory(self) -> float:
+        """MB: CUDA peak allocated in a training step, else the bytes saved for backward."""
+        if self.device.type == 'cuda':
+            torch.cuda.reset_peak_memory_stats()
+            self.train()
+            return torch.cuda.max_memory_allocated() / 2 ** 20
+        storages: Dict[int, int] = {}
+
+        def pack(t: torch.Tensor):
+            storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+        self.model.train()
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), self.autocast():
+            loss = self.loss_fn(self.forward(self.x), self.target)
+        del loss
+        return sum(storages.values()) / 2 ** 20
+
+
+def time_alternating(steps: Dict[str, Callable[[], None]], repeats: int, warmup: int) -> Dict[str, float]:
+    """Median seconds per step of each callable, run in turn so noise falls on all alike."""
+    for _ in range(warmup):
+        for step in steps.values():
+            step()
+    times: Dict[str, List[float]] = {name: [] for name in steps}
+    for _ in range(repeats):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step()
+            times[name].append(time.perf_counter() - start)
+    return {name: median(ts) for name, ts in times.items()}
+
+
+def bench_pair(name: str, mode: str, args, device: torch.device) -> Optional[dict]:
+    base_name, authors_spec = PAIRS[name]
+    if mode == 'channels_last' and name.startswith('deit'):
+        return None  # the ViTs take tokens; there is no channels-last layout to compare
+    models = {'mrla': timm.create_model(name), 'base': timm.create_model(base_name)}
+    reference = timm.create_model(name)
+    if args.authors_repo and authors_spec:
+        models['authors'] = authors_model(authors_spec, args.authors_repo)
+    runners = {k: Runner(m, mode, device, args.batch_size, args.img_size) for k, m in models.items()}
+    runners['reference'] = Runner(reference, mode, device, args.batch_size, args.img_size, reference=True)
+    row = {'model': name, 'base': base_name, 'mode': mode}
+    for phase in ('infer', 'train'):
+        times = time_alternating({k: getattr(r, phase) for k, r in runners.items()}, args.repeats, args.warmup)
+        for k, t in times.items():
+            row[f'{phase}_{k}'] = args.batch_size / t
+    for k, r in runners.items():
+        row[f'mem_{k}'] = r.train_memory()
+    return row
+
+
+def fmt_ratio(row: dict, phase: str, other: str) -> str:
+    key = f'{phase}_{other}'
+    return f"{row[f'{phase}_mrla'] / row[key]:.2f}" if key in row else '-'
+
+
+def table(rows: List[dict]) -> str:
+    lines = [
+        '| model | timm base | mode | infer img/s (MRLA / base) | infer vs base | vs reference | vs authors '
+        '| train img/s (MRLA / base) | train vs base | vs reference | vs authors | train memory MB (MRLA / base / ref) |',
+        '|---|---|---|---|---|---|---|---|---|---|---|---|',
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['model']} | {r['base']} | {r['mode']} | {r['infer_mrla']:.1f} / {r['infer_base']:.1f} "
+            f"| {fmt_ratio(r, 'infer', 'base')} | {fmt_ratio(r, 'infer', 'reference')} | {fmt_ratio(r, 'infer', 'authors')} "
+            f"| {r['train_mrla']:.1f} / {r['train_base']:.1f} | {fmt_ratio(r, 'train', 'base')} "
+            f"| {fmt_ratio(r, 'train', 'reference')} | {fmt_ratio(r, 'train', 'authors')} "
+            f"| {r['mem_mrla']:.0f} / {r['mem_base']:.0f} / {r['mem_reference']:.0f} |")
+    return '\n'.join(lines)
+
+
+def machine(device: torch.device) -> str:
+    what = f'{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads'
+    if device.type == 'cuda':
+        what = torch.cuda.get_device_name(device)
+    malloc = ' '.join(f'{k}={v}' for k, v in os.environ.items() if k.startswith('MALLOC_')) or 'default glibc malloc'
+    return f'{what}; torch {torch.__version__}, timm {timm.__version__}; {malloc}'
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--pairs', nargs='+', default=list(PAIRS), choices=list(PAIRS), metavar='MODEL')
+    parser.add_argument('--modes', nargs='+', default=['eager'], choices=MODES)
+    parser.add_argument('--device', default='cpu')
+    parser.add_argument('--batch-size', type=int, default=8)
+    parser.add_argument('--img-size', type=int, default=224)
+    parser.add_argument('--threads', type=int, default=2, help='CPU threads (torch.set_num_threads)')
+    parser.add_argument('--repeats', type=int, default=7)
+    parser.add_argument('--warmup', type=int, default=2)
+    parser.add_argument('--authors-repo', type=Path, help="checkout of github.com/joyfang1106/MRLA (never copied)")
+    parser.add_argument('--out', type=Path, help='also write the markdown table here')
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    rows = []
+    for mode in args.modes:
+        if mode == 'amp' and device.type != 'cuda':
+            continue  # float16 autocast is a CUDA mode; bf16 covers the CPU
+        for name in args.pairs:
+            row = bench_pair(name, mode, args, device)
+            if row:
+                rows.append(row)
+                print(f"{name} [{mode}] infer x{fmt_ratio(row, 'infer', 'base')} train x{fmt_ratio(row, 'train', 'base')} "
+                      f"(vs reference x{fmt_ratio(row, 'infer', 'reference')} / x{fmt_ratio(row, 'train', 'reference')})",
+                      file=sys.stderr, flush=True)
+    text = (f"Command: `python benchmarks/bench.py {' '.join(sys.argv[1:])}`\n\n"
+            f"Machine: {machine(device)}; batch {args.batch_size}, {args.img_size}x{args.img_size}, "
+            f"median of {args.repeats} alternating repeats.\n\n{table(rows)}\n")
+    print(text)
+    if args.out:
+        args.out.write_text(text)
+
+
+if __name__ == '__main__':
+    main()

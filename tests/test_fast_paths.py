@@ -1,0 +1,160 @@
+"""Every optimised path equals the literal reference form: forward and gradients, layer and model."""
+import pytest
+import timm
+import torch
+import torch.nn as nn
+from timm.layers import BatchNormAct2d
+from torchvision.ops.misc import FrozenBatchNorm2d
+
+import timm_mrla  # noqa: F401
+from timm_mrla.layers import MRLABase, MRLALight, add_mrla_light, batchnorm_affine, mrla_base_reference, \
+    mrla_light_reference, reference_mode
+
+FP32 = dict(rtol=1e-4, atol=1e-5)
+
+
+def assert_rel_close(a, b, tol: float) -> None:
+    """Tensors (or lists of them, taken together) differ by at most ``tol`` of the reference's norm."""
+    a = torch.cat([t.flatten() for t in a]) if isinstance(a, (list, tuple)) else a
+    b = torch.cat([t.flatten() for t in b]) if isinstance(b, (list, tuple)) else b
+    error = float(torch.linalg.vector_norm(a - b) / torch.linalg.vector_norm(b))
+    assert error <= tol, f'relative error {error:.2e} > {tol:.0e}'
+
+
+def _grads(out, tensors):
+    weights = torch.linspace(-1, 1, out.numel()).view_as(out)
+    return torch.autograd.grad((out * weights).sum(), tensors)
+
+
+def _trained_bn(norm):
+    """A norm with non-trivial running statistics and affine parameters, in eval mode."""
+    with torch.no_grad():
+        norm.running_mean.uniform_(-0.5, 0.5)
+        norm.running_var.uniform_(0.5, 2.0)
+        if getattr(norm, 'weight', None) is not None:
+            norm.weight.uniform_(0.5, 1.5)
+            norm.bias.uniform_(-0.5, 0.5)
+    return norm.eval()
+
+
+@pytest.mark.parametrize('channels_last', [False, True])
+def test_folded_equals_reference_with_gradients(channels_last):
+    torch.manual_seed(0)
+    layer = MRLALight(64, head_dim=32)
+    norm = _trained_bn(nn.BatchNorm2d(64))
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(3, 64, 9, 7).contiguous(memory_format=fmt).requires_grad_()
+    prev = torch.randn(3, 64, 9, 7).contiguous(memory_format=fmt).requires_grad_()
+    scale, shift = batchnorm_affine(norm)
+    out = layer.forward_folded(x, prev, scale, shift)
+    ref = x + norm(mrla_light_reference(layer, x, prev))
+    torch.testing.assert_close(out, ref, **FP32)
+    tensors = [x, prev, norm.weight, norm.bias, *layer.parameters()]
+    for g, g_ref in zip(_grads(out, tensors), _grads(ref, tensors)):
+        torch.testing.assert_close(g, g_ref, **FP32)
+
+
+@pytest.mark.parametrize('make_norm, folds', [
+    (lambda c: nn.BatchNorm2d(c), True),
+    (lambda c: BatchNormAct2d(c, apply_act=False), True),
+    (lambda c: FrozenBatchNorm2d(c), True),
+    (lambda c: nn.BatchNorm2d(c, affine=False), True),
+    (lambda c: BatchNormAct2d(c, act_layer=nn.ReLU), False),  # the activation cannot fold
+    (lambda c: nn.GroupNorm(4, c), False),
+])
+def test_add_mrla_light_folds_only_batchnorms(make_norm, folds):
+    torch.manual_seed(0)
+    layer = MRLALight(32, head_dim=8).eval()
+    norm = make_norm(32)
+    if hasattr(norm, 'running_var'):
+        _trained_bn(norm)
+    norm.eval()
+    x, prev = torch.randn(2, 32, 6, 6), torch.randn(2, 32, 6, 6)
+    assert (batchnorm_affine(norm) is not None) == folds
+    with torch.no_grad():
+        out = add_mrla_light(x, prev, layer, norm, nn.Identity().eval())
+        torch.testing.assert_close(out, x + norm(mrla_light_reference(layer, x, prev)), **FP32)
+
+
+def test_training_mode_never_folds():
+    layer, norm = MRLALight(32, head_dim=8), nn.BatchNorm2d(32)
+    x, prev = torch.randn(4, 32, 5, 5), torch.randn(4, 32, 5, 5)
+    assert batchnorm_affine(norm) is None
+    ref_norm = nn.BatchNorm2d(32)
+    torch.testing.assert_close(add_mrla_light(x, prev, layer, norm, nn.Identity()),
+                               x + ref_norm(mrla_light_reference(layer, x, prev)), **FP32)
+    torch.testing.assert_close(norm.running_mean, ref_norm.running_mean)  # statistics updated once, as usual
+
+
+MODELS = ['resnet18_mrla', 'resnet50_mrla', 'resnet50_mrla_base', 'efficientnet_b0_mrla', 'deit_tiny_mrla',
+          'deit_tiny_mrla_base']
+
+
+@pytest.mark.parametrize('name', MODELS)
+@pytest.mark.parametrize('train', [False, True])
+@pytest.mark.parametrize('dtype, tol', [(torch.float64, 1e-10), (torch.float32, 1e-4)])
+def test_models_equal_their_reference_form(name, train, dtype, tol):
+    """Same math (float64, to 1e-10) and the same result in float32 (to 1e-4), outputs and all gradients."""
+    torch.manual_seed(0)
+    model = timm.create_model(name, num_classes=10, drop_path_rate=0., dtype=dtype)
+    for module in model.modules():  # trained-looking statistics, so the eval fold has work to do
+        if isinstance(module, nn.BatchNorm2d):
+            _trained_bn(module)
+    model.train(train)
+    size = 224 if name.startswith('deit') else 96
+    x = torch.randn(2, 3, size, size, dtype=dtype)
+    params = [p for p in model.parameters()]
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    out = model(x)
+    grads = _grads(out, params)
+    model.load_state_dict(state)  # training mode moved the running statistics
+    with reference_mode(model):
+        ref = model(x)
+        ref_grads = _grads(ref, params)
+    assert_rel_close(out, ref, tol)
+    assert_rel_close(grads, ref_grads, tol)
+
+
+def test_reference_mode_is_undone():
+    model = timm.create_model('resnet18_mrla').eval()
+    layer = model.layer1[0].mrla
+    with reference_mode(model):
+        assert 'forward' in vars(layer)
+    assert 'forward' not in vars(layer) and 'forward_folded' not in vars(layer)
+
+
+def _saved_bytes(fn) -> int:
+    storages = {}
+
+    def pack(t):
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return sum(storages.values())
+
+
+def test_base_cache_memory_grows_linearly_with_depth():
+    """The list cache saves each block's value once; re-concatenating it (the literal form) grows quadratically."""
+    torch.manual_seed(0)
+    layers = [MRLABase(32, head_dim=8) for _ in range(8)]
+
+    def run(depth, literal):
+        def fn():
+            x = torch.randn(2, 32, 16, 16, requires_grad=True)
+            keys, values, cat_k, cat_v = [], [], None, None
+            for layer in layers[:depth]:
+                if literal:
+                    x, cat_k, cat_v = mrla_base_reference(layer, x, cat_k, cat_v)
+                else:
+                    x, k, v = layer(x, keys, values)
+                    keys.append(k)
+                    values.append(v)
+        return _saved_bytes(fn)
+    fast = [run(d, False) for d in (2, 4, 6, 8)]
+    literal = [run(d, True) for d in (2, 4, 6, 8)]
+    steps = [b - a for a, b in zip(fast, fast[1:])]
+    assert max(steps) - min(steps) <= 0.05 * steps[0]  # constant increments: linear
+    literal_steps = [b - a for a, b in zip(literal, literal[1:])]
+    assert literal_steps[-1] > 1.5 * literal_steps[0]  # the concatenated cache is not
+    assert fast[-1] < literal[-1]
