@@ -5,7 +5,7 @@
     python benchmarks/bench.py --authors-repo /path/to/MRLA      # also time the authors' models
     python benchmarks/bench.py --device cuda --batch-size 64 --modes eager amp channels_last compile
 
-For each pair, all models are built in this one process and timed in alternating repeats (MRLA model,
+For each pair, all models are built in one process (a fresh one per pair) and timed in alternating repeats (MRLA model,
 timm base model, the MRLA model with its layers in their literal reference form, and the authors' model
 when ``--authors-repo`` is given), so that machine noise falls on all of them alike; each figure is the
 median over the repeats. A training step is forward, backward and an SGD update. Ratios are throughputs
@@ -16,7 +16,9 @@ depth, e.g. an MRLA-base key/value cache). The markdown table goes to stdout and
 import argparse
 import contextlib
 import importlib
+import json
 import os
+import subprocess
 import platform
 import sys
 import time
@@ -179,6 +181,15 @@ def machine(device: torch.device) -> str:
     return f'{what}; torch {torch.__version__}, timm {timm.__version__}; {malloc}'
 
 
+def run_pair_in_subprocess(name: str, mode: str, argv: List[str]) -> Optional[dict]:
+    """One pair in a fresh process: no pair inherits another's memory (glibc keeps freed blocks)."""
+    done = subprocess.run([sys.executable, __file__, *argv, '--worker', name, mode], stdout=subprocess.PIPE, text=True)
+    if done.returncode:
+        raise SystemExit(f'benchmark of {name} [{mode}] failed (exit {done.returncode})')
+    row = json.loads(done.stdout.strip().splitlines()[-1])
+    return row or None
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--pairs', nargs='+', default=list(PAIRS), choices=list(PAIRS), metavar='MODEL')
@@ -191,15 +202,19 @@ def main():
     parser.add_argument('--warmup', type=int, default=2)
     parser.add_argument('--authors-repo', type=Path, help="checkout of github.com/joyfang1106/MRLA (never copied)")
     parser.add_argument('--out', type=Path, help='also write the markdown table here')
+    parser.add_argument('--worker', nargs=2, metavar=('MODEL', 'MODE'), help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    if args.worker:
+        print(json.dumps(bench_pair(*args.worker, args, device) or {}))
+        return
     rows = []
     for mode in args.modes:
         if mode == 'amp' and device.type != 'cuda':
             continue  # float16 autocast is a CUDA mode; bf16 covers the CPU
         for name in args.pairs:
-            row = bench_pair(name, mode, args, device)
+            row = run_pair_in_subprocess(name, mode, sys.argv[1:])
             if row:
                 rows.append(row)
                 print(f"{name} [{mode}] infer x{fmt_ratio(row, 'infer', 'base')} train x{fmt_ratio(row, 'train', 'base')} "

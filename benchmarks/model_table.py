@@ -14,26 +14,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import timm_mrla  # noqa: F401
+from timm_mrla.models import BASE_MODELS
 
-# MRLA model -> the timm model it extends
-BASE_MODELS = {
-    'resnet18_mrla': 'resnet18',
-    'resnet34_mrla': 'resnet34',
-    'resnet50_mrla': 'resnet50',
-    'resnet101_mrla': 'resnet101',
-    'resnet152_mrla': 'resnet152',
-    'resnet50_mrla_base': 'resnet50c',
-    'resnet101_mrla_base': 'resnet101c',
-    'efficientnet_b0_mrla': 'efficientnet_b0',
-    'efficientnet_b1_mrla': 'efficientnet_b1',
-    'efficientnet_b2_mrla': 'efficientnet_b2',
-    'deit_tiny_mrla': 'deit_tiny_patch16_224',
-    'deit_small_mrla': 'deit_small_patch16_224',
-    'deit_base_mrla': 'deit_base_patch16_224',
-    'deit_tiny_mrla_base': 'deit_tiny_patch16_224',
-    'deit_small_mrla_base': 'deit_small_patch16_224',
-    'deit_base_mrla_base': 'deit_base_patch16_224',
-}
 
 
 def measure(name: str):
@@ -48,7 +30,7 @@ def measure(name: str):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('models', nargs='*', default=list(BASE_MODELS))
+    parser.add_argument('models', nargs='*', default=[m for m in BASE_MODELS if m not in ('efficientnet_mrla', 'deit_mrla')])
     args = parser.parse_args()
     print('| model | timm base model | input | params (M) | GMACs | params vs base | GMACs vs base |')
     print('|---|---|---|---|---|---|---|')

@@ -18,7 +18,10 @@ from typing import List, Optional, Tuple, Type
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.fx._symbolic_trace import is_fx_tracing
+try:
+    from torch.fx._symbolic_trace import is_fx_symbolic_tracing
+except ImportError:  # torch < 2.5
+    from torch.fx._symbolic_trace import is_fx_tracing as is_fx_symbolic_tracing
 
 __all__ = ['eca_kernel_size', 'MRLALight', 'MRLABase', 'batchnorm_affine', 'add_mrla_light']
 
@@ -115,7 +118,8 @@ class MRLALight(_MRLAProjections):
         return self.expand_heads(torch.sigmoid((q * k).sum(-1) * self.scale))
 
     def forward(self, x: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:
-        return torch.addcmul(self.lambda_t[:, None, None] * prev, self.value(x), self.gate(x))
+        # lambda in prev's dtype: under autocast a float32 parameter would promote the whole branch to float32
+        return torch.addcmul(self.lambda_t.to(prev.dtype)[:, None, None] * prev, self.value(x), self.gate(x))
 
     def forward_folded(self, x: torch.Tensor, prev: torch.Tensor, scale: torch.Tensor,
                        shift: torch.Tensor) -> torch.Tensor:
@@ -128,14 +132,14 @@ class MRLALight(_MRLAProjections):
         """
         gate = self.gate(x)
         weight = self.v.weight * scale[:, None, None, None]
-        prev_scale = (scale * self.lambda_t)[:, None, None]
+        prev_scale = (scale * self.lambda_t).to(x.dtype)[:, None, None]
         if x.is_contiguous():
             b, c, h, w = x.shape
             kernel = (gate * weight.view(1, c, 3, 3)).reshape(b * c, 1, 3, 3)
             kernel[:, :, 1, 1] += 1  # the residual identity
             y = F.conv2d(x.reshape(1, b * c, h, w), kernel, shift.repeat(b), padding=1, groups=b * c)
             return y.view(b, c, h, w).addcmul_(prev, prev_scale)
-        y = torch.addcmul(shift[:, None, None], prev, prev_scale)
+        y = torch.addcmul(shift.to(x.dtype)[:, None, None], prev, prev_scale)
         return y.addcmul_(F.conv2d(x, weight, padding=1, groups=self.dim), gate).add_(x)
 
 
@@ -192,7 +196,7 @@ def add_mrla_light(x: torch.Tensor, prev: torch.Tensor, mrla: MRLALight, norm: n
     At inference an eval-mode BatchNorm folds into the layer (``MRLALight.forward_folded``). Python only:
     TorchScript-ed blocks write the expression out; FX traces it, and torch.compile fuses it, plainly.
     """
-    if not drop_path.training and not is_fx_tracing() and not torch.compiler.is_compiling():
+    if not drop_path.training and not is_fx_symbolic_tracing() and not torch.compiler.is_compiling():
         affine = batchnorm_affine(norm)
         if affine is not None:
             return mrla.forward_folded(x, prev, *affine)
