@@ -82,7 +82,7 @@ def test_convert_reproduces_authors_outputs(tmp_path, capsys, authors_name, mode
     out = tmp_path / 'converted'
     assert main(['convert', str(checkpoint), '--model', model_name, '--out', str(out)]) == 0
     assert f"checkpoint['{source}']" in capsys.readouterr().out
-    assert sorted(p.name for p in out.iterdir()) == ['config.json', 'model.safetensors']
+    assert sorted(p.name for p in out.iterdir()) == ['README.md', 'config.json', 'model.safetensors']
     assert_reproduces_authors(out, authors_name)
 
 

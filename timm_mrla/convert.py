@@ -14,8 +14,6 @@ import argparse
 import importlib
 import pickle
 import re
-import shutil
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
@@ -24,14 +22,15 @@ import timm
 import torch
 import torch.nn as nn
 from safetensors.torch import load_file
-from timm.models import save_for_hf
 
-__all__ = ['ConversionError', 'load_checkpoint', 'select_state_dict', 'convert_state_dict', 'write_model_folder',
+from .hub.cards import CardInfo
+from .hub.download import sha256_of
+from .hub.folder import check_writable, write_folder
+
+__all__ = ['ConversionError', 'load_checkpoint', 'select_state_dict', 'checkpoint_sizes', 'convert_state_dict',
            'convert_checkpoint']
 
 PathLike = Union[str, Path]
-WEIGHTS_NAME = 'model.safetensors'
-CONFIG_NAME = 'config.json'
 # where each training script keeps the weights, preferred first
 _STATE_DICT_KEYS = ('state_dict', 'model')
 _EMA_STATE_DICT_KEYS = ('state_dict_ema', 'model_ema')
@@ -109,19 +108,29 @@ def _check_model_name(model_name: str) -> None:
         raise ConversionError(f"unknown MRLA model '{model_name}'; choose one of: {known}")
 
 
+def checkpoint_sizes(model_name: str, state_dict: Dict[str, torch.Tensor]) -> Dict[str, int]:
+    """``num_classes`` and ``in_chans`` of a state dict in ``model_name``'s layout, from its classifier and first
+    convolution (the architecture's defaults where it has neither)."""
+    cfg = timm.models.get_pretrained_cfg(model_name)
+    classifier = state_dict.get(f'{cfg.classifier}.weight')
+    first_conv = state_dict.get(f'{cfg.first_conv}.weight')
+    return dict(num_classes=cfg.num_classes if classifier is None else classifier.shape[0],
+                in_chans=cfg.input_size[0] if first_conv is None else first_conv.shape[1])
+
+
 def convert_state_dict(model_name: str, state_dict: Dict[str, torch.Tensor]) -> nn.Module:
     """Build ``model_name`` and load the authors' ``state_dict`` into it, strictly.
 
-    The number of classes is taken from the checkpoint's classifier. Keys that map nowhere, missing keys
-    and shape mismatches raise ``ConversionError`` naming the first few.
+    The numbers of classes and of input channels are taken from the checkpoint's classifier and first
+    convolution. Keys that map nowhere, missing keys and shape mismatches raise ``ConversionError`` naming the
+    first few.
     """
     _check_model_name(model_name)
-    pretrained_cfg = timm.models.get_pretrained_cfg(model_name)
     model = timm.create_model(model_name, pretrained=False)
     mapped = _filter_fn(model_name)(state_dict, model)
-    classifier_weight = mapped.get(f'{pretrained_cfg.classifier}.weight')
-    if classifier_weight is not None and classifier_weight.shape[0] != model.num_classes:
-        model = timm.create_model(model_name, pretrained=False, num_classes=classifier_weight.shape[0])
+    sizes = checkpoint_sizes(model_name, mapped)
+    if sizes != dict(num_classes=model.num_classes, in_chans=model.in_chans):
+        model = timm.create_model(model_name, pretrained=False, **sizes)
         mapped = _filter_fn(model_name)(state_dict, model)
 
     expected = model.state_dict()
@@ -145,44 +154,29 @@ def convert_state_dict(model_name: str, state_dict: Dict[str, torch.Tensor]) -> 
     return model.eval()
 
 
-def write_model_folder(model: nn.Module, out_dir: PathLike, force: bool = False) -> Path:
-    """Write ``model.safetensors`` and timm's ``config.json`` into ``out_dir``.
-
-    An existing non-empty ``out_dir`` is only written into with ``force``; then the files written here
-    replace theirs and any other file in it is left alone. The folder is assembled beside ``out_dir`` and
-    moved in at the end, so a failure never leaves a half-written folder.
-    """
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ConversionError(f'{out_dir} exists and is not a folder')
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
-        raise ConversionError(f'{out_dir} is not empty; choose another folder or pass --force to replace '
-                              f'the model files in it')
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f'.{out_dir.name}.', dir=out_dir.parent))
-    try:
-        save_for_hf(model, staging, safe_serialization=True)
-        out_dir.mkdir(exist_ok=True)
-        for item in staging.iterdir():
-            item.replace(out_dir / item.name)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return out_dir
-
-
 def convert_checkpoint(
         checkpoint_path: PathLike,
         model_name: str,
         out_dir: PathLike,
         force: bool = False,
         use_ema: bool = False,
+        dataset: str = 'imagenet-1k',
+        license: str = 'unknown',
 ) -> Tuple[Path, str]:
-    """Convert an authors' checkpoint file into a timm model folder; returns the folder and the weights' source."""
+    """Convert an authors' checkpoint file into a Hub-ready folder; returns the folder and the weights' source."""
     _check_model_name(model_name)
     out_dir = Path(out_dir)
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not force:  # fail before the slow part
-        raise ConversionError(f'{out_dir} is not empty; choose another folder or pass --force to replace '
-                              f'the model files in it')
+    check_writable(out_dir, force)  # before the slow part
+    checkpoint_path = Path(checkpoint_path)
     state_dict, source = select_state_dict(load_checkpoint(checkpoint_path), use_ema=use_ema)
     model = convert_state_dict(model_name, state_dict)
-    return write_model_folder(model, out_dir, force=force), source
+    card = CardInfo(
+        name=model_name,
+        summary=f'`{model_name}` with weights trained by the MRLA authors\' code and converted to timm by '
+                f'timm-mrla. The converted model reproduces the original model\'s outputs.',
+        provenance=f'Converted from {source} of `{checkpoint_path.name}` (sha256 {sha256_of(checkpoint_path)}) '
+                   f'with `timm-mrla convert {checkpoint_path.name} --model {model_name}'
+                   f'{" --ema" if use_ema else ""}`. Training data: {dataset}; see the training run for its recipe.',
+        dataset=dataset, license=license, weights_sha256='', num_classes=model.num_classes,
+        input_size=model.pretrained_cfg['input_size'])
+    return write_folder(model, out_dir, card, force=force), source

@@ -1,3 +1,7 @@
-from .resnet import *
-from .efficientnet import *
+from . import deit, efficientnet, resnet
 from .deit import *
+from .efficientnet import *
+from .resnet import *
+
+# each MRLA model -> the timm model it extends (benchmark baseline, warm-start source)
+BASE_MODELS = {**resnet.BASE_MODELS, **efficientnet.BASE_MODELS, **deit.BASE_MODELS}

@@ -4,6 +4,9 @@ from typing import Callable, Dict, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
+from timm.models import build_model_with_cfg
+
+from timm_mrla.hub.download import pretrained_weights_overlay
 
 Rule = Tuple[str, Union[str, Callable[[re.Match], str]]]
 
@@ -35,3 +38,12 @@ def lambda_no_weight_decay(model: nn.Module) -> set:
     """Pattern that keeps the MRLA ``lambda_t`` vectors out of weight decay (when the model has any)."""
     has_lambda = any(n.endswith('lambda_t') for n, _ in model.named_parameters())
     return {'*lambda_t'} if has_lambda else set()
+
+
+def build_mrla_model(model_cls, variant: str, pretrained: bool = False, **kwargs):
+    """timm's ``build_model_with_cfg``, with Hub weights fetched first and checked against the zoo manifest."""
+    if pretrained:
+        overlay = pretrained_weights_overlay(variant, kwargs)
+        if overlay is not None:
+            kwargs['pretrained_cfg_overlay'] = overlay
+    return build_model_with_cfg(model_cls, variant, pretrained, **kwargs)

@@ -28,7 +28,8 @@ from timm.models._manipulate import checkpoint
 from timm.models.vision_transformer import Block
 
 from timm_mrla.layers import MRLABase, MRLALight
-from ._helpers import lambda_no_weight_decay, remap_state_dict
+from timm_mrla.hub import pretrained_cfgs
+from ._helpers import build_mrla_model, lambda_no_weight_decay, remap_state_dict
 
 __all__ = ['MRLAVisionTransformer', 'MRLABaseVisionTransformer', 'MRLALightBlock', 'MRLABaseBlock']
 
@@ -248,7 +249,7 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: nn.Module) 
 def _create_mrla_deit(variant: str, pretrained: bool = False, **kwargs) -> MRLAVisionTransformer:
     base = kwargs.pop('mrla_base', False)
     out_indices = kwargs.pop('out_indices', 3)
-    return build_model_with_cfg(
+    return build_mrla_model(
         MRLABaseVisionTransformer if base else MRLAVisionTransformer,
         variant,
         pretrained,
@@ -271,7 +272,18 @@ def _cfg(**kwargs) -> Dict[str, Any]:
     }
 
 
-default_cfgs = generate_default_cfgs({
+# each model -> the timm model it extends (baseline in benchmarks, source of warm starts)
+BASE_MODELS = {
+    'deit_mrla': 'deit_tiny_patch16_224',
+    'deit_tiny_mrla': 'deit_tiny_patch16_224',
+    'deit_small_mrla': 'deit_small_patch16_224',
+    'deit_base_mrla': 'deit_base_patch16_224',
+    'deit_tiny_mrla_base': 'deit_tiny_patch16_224',
+    'deit_small_mrla_base': 'deit_small_patch16_224',
+    'deit_base_mrla_base': 'deit_base_patch16_224',
+}
+
+default_cfgs = generate_default_cfgs(pretrained_cfgs({
     'deit_mrla': _cfg(),
     'deit_tiny_mrla': _cfg(),
     'deit_small_mrla': _cfg(),
@@ -279,7 +291,7 @@ default_cfgs = generate_default_cfgs({
     'deit_tiny_mrla_base': _cfg(),
     'deit_small_mrla_base': _cfg(),
     'deit_base_mrla_base': _cfg(),
-})
+}))
 
 _TINY = dict(patch_size=16, embed_dim=192, depth=12, num_heads=3)
 _SMALL = dict(patch_size=16, embed_dim=384, depth=12, num_heads=6)

@@ -20,10 +20,11 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import EfficientNet, build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._efficientnet_blocks import InvertedResidual
 from timm.models._efficientnet_builder import (
-    decode_arch_def, efficientnet_init_weights, resolve_act_layer, resolve_bn_args, round_channels)
+    BN_EPS_TF_DEFAULT, decode_arch_def, efficientnet_init_weights, resolve_act_layer, resolve_bn_args, round_channels)
 
 from timm_mrla.layers import MRLALight, add_mrla_light
-from ._helpers import lambda_no_weight_decay, remap_state_dict
+from timm_mrla.hub import pretrained_cfgs
+from ._helpers import build_mrla_model, lambda_no_weight_decay, remap_state_dict
 
 __all__ = ['MRLAEfficientNet', 'MRLAInvertedResidual']
 
@@ -96,7 +97,7 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: nn.Module) 
 
 
 def _create_mrla_effnet(variant: str, pretrained: bool = False, **kwargs) -> MRLAEfficientNet:
-    return build_model_with_cfg(
+    return build_mrla_model(
         MRLAEfficientNet,
         variant,
         pretrained,
@@ -116,6 +117,8 @@ _EFFICIENTNET_ARCH_DEF = [
     ['ir_r4_k5_s2_e6_c192_se0.25'],
     ['ir_r1_k3_s1_e6_c320_se0.25'],
 ]
+# EfficientNet-Lite: no squeeze-excitation (timm's tf_efficientnet_lite*)
+_EFFICIENTNET_LITE_ARCH_DEF = [[block.replace('_se0.25', '') for block in stage] for stage in _EFFICIENTNET_ARCH_DEF]
 
 
 def _gen_mrla_efficientnet(variant: str, channel_multiplier: float, depth_multiplier: float,
@@ -128,6 +131,23 @@ def _gen_mrla_efficientnet(variant: str, channel_multiplier: float, depth_multip
         stem_size=32,
         round_chs_fn=round_chs_fn,
         act_layer=resolve_act_layer(kwargs, 'swish'),
+        norm_layer=kwargs.pop('norm_layer', None) or partial(nn.BatchNorm2d, **resolve_bn_args(kwargs)),
+        **kwargs,
+    )
+    return _create_mrla_effnet(variant, pretrained, **model_kwargs)
+
+
+def _gen_mrla_efficientnet_lite(variant: str, pretrained: bool = False, **kwargs) -> MRLAEfficientNet:
+    """EfficientNet-Lite0 as timm's ``tf_efficientnet_lite0`` (ReLU6, TF 'same' padding and BN eps)."""
+    kwargs.setdefault('bn_eps', BN_EPS_TF_DEFAULT)
+    kwargs.setdefault('pad_type', 'same')
+    model_kwargs = dict(
+        block_args=decode_arch_def(_EFFICIENTNET_LITE_ARCH_DEF, 1.0, fix_first_last=True),
+        num_features=1280,
+        stem_size=32,
+        fix_stem=True,
+        round_chs_fn=round_channels,
+        act_layer=resolve_act_layer(kwargs, 'relu6'),
         norm_layer=kwargs.pop('norm_layer', None) or partial(nn.BatchNorm2d, **resolve_bn_args(kwargs)),
         **kwargs,
     )
@@ -147,14 +167,25 @@ def _cfg(**kwargs) -> Dict[str, Any]:
     }
 
 
+# each model -> the timm model it extends (baseline in benchmarks, source of warm starts)
+BASE_MODELS = {
+    'efficientnet_mrla': 'efficientnet_b0',
+    'efficientnet_b0_mrla': 'efficientnet_b0',
+    'efficientnet_b1_mrla': 'efficientnet_b1',
+    'efficientnet_b2_mrla': 'efficientnet_b2',
+    'tf_efficientnet_lite0_mrla': 'tf_efficientnet_lite0',
+}
+
 # input sizes and crops of the authors' configs
-default_cfgs = generate_default_cfgs({
+default_cfgs = generate_default_cfgs(pretrained_cfgs({
     'efficientnet_mrla': _cfg(),
     'efficientnet_b0_mrla': _cfg(),
     'efficientnet_b1_mrla': _cfg(input_size=(3, 240, 240), pool_size=(8, 8), crop_pct=0.882),
     'efficientnet_b2_mrla': _cfg(input_size=(3, 256, 256), pool_size=(8, 8), crop_pct=1.0,
                                  test_input_size=(3, 288, 288)),
-})
+    # as timm's tf_efficientnet_lite0 (its TF-trained weights expect mean/std 0.5); MRLA placed as in the B0
+    'tf_efficientnet_lite0_mrla': _cfg(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)),
+}))
 
 
 @register_model
@@ -179,3 +210,10 @@ def efficientnet_b2_mrla(pretrained: bool = False, **kwargs) -> MRLAEfficientNet
 def efficientnet_mrla(pretrained: bool = False, **kwargs) -> MRLAEfficientNet:
     """EfficientNet-B0 with MRLA-light, the authors' default EfficientNet."""
     return _gen_mrla_efficientnet('efficientnet_mrla', 1.0, 1.0, pretrained=pretrained, **kwargs)
+
+
+@register_model
+def tf_efficientnet_lite0_mrla(pretrained: bool = False, **kwargs) -> MRLAEfficientNet:
+    """EfficientNet-Lite0 (timm's ``tf_efficientnet_lite0``) with MRLA-light placed as in the authors' B0; the
+    authors made no Lite model. Its zoo weights are a warm start from the TF-trained Lite0 (see MODEL_CARDS.md)."""
+    return _gen_mrla_efficientnet_lite('tf_efficientnet_lite0_mrla', pretrained=pretrained, **kwargs)

@@ -25,7 +25,8 @@ from timm.layers import DropPath
 from timm.models import BasicBlock, Bottleneck, ResNet, build_model_with_cfg, generate_default_cfgs, register_model
 
 from timm_mrla.layers import MRLABase, MRLALight, add_mrla_light
-from ._helpers import lambda_no_weight_decay, remap_state_dict
+from timm_mrla.hub import pretrained_cfgs
+from ._helpers import build_mrla_model, lambda_no_weight_decay, remap_state_dict
 
 __all__ = ['MRLAResNet', 'MRLABaseResNet', 'MRLABasicBlock', 'MRLABottleneck', 'MRLABaseBottleneck']
 
@@ -221,7 +222,7 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: nn.Module) 
 
 def _create_mrla_resnet(variant: str, pretrained: bool = False, **kwargs) -> MRLAResNet:
     model_cls = MRLABaseResNet if kwargs.get('block') is MRLABaseBottleneck else MRLAResNet
-    return build_model_with_cfg(model_cls, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn, **kwargs)
+    return build_mrla_model(model_cls, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn, **kwargs)
 
 
 def _cfg(**kwargs) -> Dict[str, Any]:
@@ -237,7 +238,18 @@ def _cfg(**kwargs) -> Dict[str, Any]:
     }
 
 
-default_cfgs = generate_default_cfgs({
+# each model -> the timm model it extends (baseline in benchmarks, source of warm starts)
+BASE_MODELS = {
+    'resnet18_mrla': 'resnet18',
+    'resnet34_mrla': 'resnet34',
+    'resnet50_mrla': 'resnet50',
+    'resnet101_mrla': 'resnet101',
+    'resnet152_mrla': 'resnet152',
+    'resnet50_mrla_base': 'resnet50c',
+    'resnet101_mrla_base': 'resnet101c',
+}
+
+default_cfgs = generate_default_cfgs(pretrained_cfgs({
     'resnet18_mrla': _cfg(),
     'resnet34_mrla': _cfg(),
     'resnet50_mrla': _cfg(),
@@ -245,7 +257,7 @@ default_cfgs = generate_default_cfgs({
     'resnet152_mrla': _cfg(),
     'resnet50_mrla_base': _cfg(first_conv='conv1.0'),
     'resnet101_mrla_base': _cfg(first_conv='conv1.0'),
-})
+}))
 
 
 @register_model

@@ -1,0 +1,210 @@
+"""Hub-ready folders, and loading through the real huggingface_hub code: an offline cache and a loopback Hub."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from huggingface_hub import HfApi
+
+import timm_mrla  # noqa: F401
+from timm_mrla.cli import main
+from timm_mrla.convert import convert_checkpoint
+from timm_mrla.hub.offline import DEMO_WEIGHT, build_embedded, embedded_cache
+from timm_mrla.hub import WeightsIntegrityError, WeightsUnavailableError, fetch_weights, zoo
+from timm_mrla.hub.cache import add_to_cache, git_commit_id
+from timm_mrla.hub.cards import read_card
+from timm_mrla.hub.download import sha256_of
+from timm_mrla.hub.folder import FOLDER_FILES, FolderError, push_folder, verify_folder
+from synthetic_checkpoints import golden_input, synthetic_state_dict
+
+REPO = 'acme/efficientnet-mrla'
+
+
+@pytest.fixture(scope='session')
+def converted(tmp_path_factory) -> Path:
+    """A folder written by `timm-mrla convert` from an authors'-layout EfficientNet checkpoint."""
+    work = tmp_path_factory.mktemp('converted')
+    torch.save({'state_dict': synthetic_state_dict('efficientnet_mrla_b0')}, work / 'ckpt.pth.tar')
+    folder, _ = convert_checkpoint(work / 'ckpt.pth.tar', 'efficientnet_b0_mrla', work / 'folder', license='mit')
+    return folder
+
+
+@pytest.fixture(scope='session')
+def demo_folder(tmp_path_factory) -> Path:
+    """The zoo's warm start, rebuilt as published (checked against the manifest inside)."""
+    return build_embedded(DEMO_WEIGHT, tmp_path_factory.mktemp('zoo') / DEMO_WEIGHT)
+
+
+def _outputs(model_name: str, x=None, **kwargs) -> torch.Tensor:
+    model = timm.create_model(model_name, pretrained=True, **kwargs).eval()
+    with torch.no_grad():
+        return model(golden_input(1) if x is None else x)
+
+
+# --- folders, cards, verify, push ------------------------------------------------------------------------------
+
+def test_convert_writes_a_hub_ready_folder(converted):
+    assert sorted(p.name for p in converted.iterdir()) == sorted(FOLDER_FILES)
+    metadata, body = read_card(converted / 'README.md')
+    assert metadata['library_name'] == 'timm' and metadata['pipeline_tag'] == 'image-classification'
+    assert metadata['license'] == 'mit' and metadata['datasets'] == ['imagenet-1k'] and 'mrla' in metadata['tags']
+    assert metadata['weights_sha256'] == sha256_of(converted / 'model.safetensors')
+    for section in ('## How it was made', '## Usage', '## Citation', 'ckpt.pth.tar', 'Fang, Yanwen'):
+        assert section in body
+    report = verify_folder(converted)
+    assert report.ok, report.problems
+    assert any('forward pass' in note for note in report.notes)
+
+
+def test_verify_names_what_is_wrong(converted, tmp_path, capsys):
+    bad = tmp_path / 'bad'
+    bad.mkdir()
+    for name in FOLDER_FILES:
+        (bad / name).write_bytes((converted / name).read_bytes())
+    card = (bad / 'README.md').read_text()
+    (bad / 'README.md').write_text(card.replace('license: mit\n', ''))
+    with open(bad / 'model.safetensors', 'r+b') as f:  # flip one byte of a weight
+        f.seek(-1, 2)
+        last = f.read(1)
+        f.seek(-1, 2)
+        f.write(bytes([last[0] ^ 1]))
+    assert main(['verify', str(bad)]) == 1
+    out = capsys.readouterr().out
+    assert 'front matter has no license' in out and 'the card says' in out and 'NOT ready to publish' in out
+    (bad / 'config.json').unlink()
+    assert 'missing config.json' in verify_folder(bad).problems[0]
+
+
+def test_push_dry_run_works_offline(converted, capsys):
+    assert main(['push', str(converted), '--repo', 'acme/x', '--dry-run']) == 0
+    out = capsys.readouterr().out
+    assert 'dry run: would upload to https://huggingface.co/acme/x' in out
+    for name in FOLDER_FILES:
+        assert name in out
+    assert sha256_of(converted / 'model.safetensors') in out
+
+
+def test_push_asks_for_nothing_and_needs_a_token(converted, tmp_path, monkeypatch):
+    monkeypatch.delenv('HF_TOKEN', raising=False)
+    with pytest.raises(FolderError, match='HF_TOKEN is not set.*nothing was uploaded'):
+        push_folder(converted, 'acme/x')
+    empty = tmp_path / 'empty'
+    empty.mkdir()
+    with pytest.raises(FolderError, match='failed verification, nothing was uploaded'):
+        push_folder(empty, 'acme/x', dry_run=True)
+
+
+# --- the offline cache -------------------------------------------------------------------------------------------
+
+def test_hf_hub_from_offline_cache_equals_local_dir(converted, hub_cache):
+    commit = add_to_cache(converted, REPO, hub_cache, refs=('main', 'v1'))
+    assert commit == git_commit_id({f: (converted / f).read_bytes() for f in FOLDER_FILES})
+    expected = _outputs(f'local-dir:{converted}')
+    for name in (f'hf-hub:{REPO}', f'hf-hub:{REPO}@{commit}', f'hf-hub:{REPO}@v1'):
+        torch.testing.assert_close(_outputs(name), expected, rtol=0, atol=0, msg=name)
+
+
+def test_hf_hub_adapts_classes_channels_and_features(converted, hub_cache):
+    add_to_cache(converted, REPO, hub_cache)
+    assert _outputs(f'hf-hub:{REPO}', num_classes=5).shape == (1, 5)
+    assert _outputs(f'hf-hub:{REPO}', x=torch.randn(1, 1, 96, 96), in_chans=1).shape == (1, 1000)
+    features = timm.create_model(f'hf-hub:{REPO}', pretrained=True, features_only=True).eval()
+    local = timm.create_model(f'local-dir:{converted}', pretrained=True, features_only=True).eval()
+    x = torch.randn(1, 3, 96, 96)
+    with torch.no_grad():
+        for a, b in zip(features(x), local(x)):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_zoo_tag_from_offline_cache(demo_folder, hub_cache):
+    weight = {w.name: w for w in zoo()}[DEMO_WEIGHT]
+    assert embedded_cache(hub_cache) == weight.revision
+    expected = _outputs(f'local-dir:{demo_folder}')
+    torch.testing.assert_close(_outputs(DEMO_WEIGHT), expected, rtol=0, atol=0)
+    torch.testing.assert_close(_outputs(f'hf-hub:{weight.hf_hub_id()}'), expected, rtol=0, atol=0)
+    model = timm.create_model(DEMO_WEIGHT, pretrained=True, num_classes=3)
+    assert model.num_classes == 3 and model.pretrained_cfg['hf_hub_id'] == weight.hf_hub_id()
+
+
+def test_hub_org_can_point_at_a_mirror():
+    code = ('import timm, timm_mrla; '
+            f"print(timm.models.get_pretrained_cfg('{DEMO_WEIGHT}').hf_hub_id)")
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True,
+                         env={**__import__('os').environ, 'TIMM_MRLA_HUB_ORG': 'my-mirror'}).stdout
+    assert out.startswith(f'my-mirror/{DEMO_WEIGHT}@')
+
+
+# --- errors ------------------------------------------------------------------------------------------------------
+
+def test_offline_with_nothing_cached(hub_cache):
+    with pytest.raises(WeightsUnavailableError) as e:
+        timm.create_model(DEMO_WEIGHT, pretrained=True)
+    message = str(e.value)
+    for part in (f'timm-mrla/{DEMO_WEIGHT}', "'model.safetensors'", 'not in the local cache', 'HF_HUB_OFFLINE',
+                 'timm-mrla demo'):
+        assert part in message
+    # an hf-hub: name fails in timm's own config.json download; huggingface_hub's error names repo and file
+    with pytest.raises(Exception) as e:
+        timm.create_model('hf-hub:acme/nothing', pretrained=True)
+    chain, error = [], e.value
+    while error is not None:
+        chain.append(str(error))
+        error = error.__cause__ or error.__context__
+    assert any('acme/nothing' in text and 'config.json' in text for text in chain)
+
+
+def test_missing_revision_offline(converted, hub_cache):
+    add_to_cache(converted, REPO, hub_cache)
+    with pytest.raises(WeightsUnavailableError, match=f"'model.safetensors' of {REPO} at revision v9: it is not in"):
+        fetch_weights(f'{REPO}@v9')
+
+
+def test_corrupted_or_substituted_weights_never_load(demo_folder, hub_cache):
+    weight = {w.name: w for w in zoo()}[DEMO_WEIGHT]
+    embedded_cache(hub_cache)
+    cached = Path(fetch_weights(weight.hf_hub_id()))
+    cached.resolve().write_bytes(cached.resolve().read_bytes()[:-8] + b'\0' * 8)
+    with pytest.raises(WeightsIntegrityError) as e:
+        timm.create_model(DEMO_WEIGHT, pretrained=True)
+    for part in (weight.sha256, DEMO_WEIGHT, 'was not loaded', 'download it again'):
+        assert part in str(e.value)
+    with pytest.raises(WeightsIntegrityError):  # the same file reached through its hf-hub: name
+        timm.create_model(f'hf-hub:{weight.hf_hub_id()}', pretrained=True)
+
+
+# --- a real Hub-protocol server on loopback ----------------------------------------------------------------------
+
+def test_hf_hub_from_loopback_server(converted, online):
+    commit = online.add_repo(converted, REPO)
+    subprocess.run(['git', '-C', str(online.mirrors / 'models' / REPO), 'tag', 'v1'], check=True)
+    assert HfApi(endpoint=online.endpoint).model_info(REPO, revision='main').sha == commit
+    expected = _outputs(f'local-dir:{converted}')
+    for name in (f'hf-hub:{REPO}', f'hf-hub:{REPO}@{commit}', f'hf-hub:{REPO}@v1'):
+        torch.testing.assert_close(_outputs(name), expected, rtol=0, atol=0, msg=name)
+    assert _outputs(f'hf-hub:{REPO}', num_classes=7).shape == (1, 7)
+    features = timm.create_model(f'hf-hub:{REPO}', pretrained=True, features_only=True, in_chans=1)
+    assert len(features(torch.randn(1, 1, 64, 64))) == 5
+
+
+def test_zoo_tag_from_loopback_server(demo_folder, online):
+    weight = {w.name: w for w in zoo()}[DEMO_WEIGHT]
+    assert online.add_repo(demo_folder, weight.repo_id()) == weight.revision  # the published commit, remade
+    torch.testing.assert_close(_outputs(DEMO_WEIGHT), _outputs(f'local-dir:{demo_folder}'), rtol=0, atol=0)
+
+
+def test_server_errors_name_repo_file_and_remedy(converted, online, tmp_path):
+    with pytest.raises(WeightsUnavailableError, match="has no repository acme/absent.*Check the name"):
+        fetch_weights('acme/absent')
+    # a repository without model.safetensors, asked for at a full commit
+    repo_dir = online.mirrors / 'models' / 'acme' / 'no-weights'
+    repo_dir.mkdir(parents=True)
+    (repo_dir / 'config.json').write_bytes((converted / 'config.json').read_bytes())
+    git = ['git', '-C', str(repo_dir), '-c', 'user.name=t', '-c', 'user.email=t@t', '-c', 'init.defaultBranch=main']
+    subprocess.run(git + ['init', '-q'], check=True)
+    subprocess.run(git + ['add', 'config.json'], check=True)
+    subprocess.run(git + ['commit', '-qm', 'config only'], check=True)
+    commit = subprocess.run(git + ['rev-parse', 'HEAD'], capture_output=True, text=True, check=True).stdout.strip()
+    with pytest.raises(WeightsUnavailableError, match=r"the repository has no such file at that revision"):
+        timm.create_model(f'hf-hub:acme/no-weights@{commit}', pretrained=True)

@@ -1,0 +1,70 @@
+"""The zoo: manifest, registry tags, generated files, the demo."""
+import json
+
+import pytest
+import timm
+
+import timm_mrla  # noqa: F401
+from timm_mrla.demo import DEMO_WEIGHT, run_demo
+from timm_mrla.hub import zoo
+from timm_mrla.hub.sync import MANIFEST_PATH, sync
+from timm_mrla.hub.zoo import find_weight, parse_manifest, read_manifest
+
+
+def test_pretrained_tags_are_exactly_the_manifest():
+    manifest = parse_manifest(read_manifest(MANIFEST_PATH))
+    assert sorted(timm.list_models('*mrla*', pretrained=True)) == sorted(w.name for w in manifest)
+    for w in manifest:
+        cfg = timm.models.get_pretrained_cfg(w.name)
+        assert cfg.hf_hub_id == f'{read_manifest(MANIFEST_PATH)["hub_org"]}/{w.repo}@{w.revision}'
+        assert cfg.license == w.license
+        for key, value in w.pretrained_cfg.items():
+            assert getattr(cfg, key) == (tuple(value) if isinstance(value, list) else value)
+    # a model with published weights loads its first one by default, as timm's untagged names do
+    for w in manifest:
+        first = next(x for x in manifest if x.model == w.model)
+        assert timm.models.get_pretrained_cfg(w.model).tag == first.tag
+
+
+def test_generated_files_are_up_to_date():
+    stale = sync(check=True)
+    assert not stale, f'run `timm-mrla zoo sync`: {stale}'
+
+
+def test_manifest_is_validated(tmp_path):
+    data = read_manifest(MANIFEST_PATH)
+    entry = dict(data['weights'][0])
+    with pytest.raises(ValueError, match='listed twice'):
+        parse_manifest(dict(data, weights=[entry, entry]))
+    with pytest.raises(ValueError, match='lacks sha256'):
+        parse_manifest(dict(data, weights=[dict(entry, sha256='')]))
+    with pytest.raises(ValueError, match='full 40-hex revision'):
+        parse_manifest(dict(data, weights=[dict(entry, revision='main')]))
+    stale_copy = tmp_path / 'manifest.json'
+    stale_copy.write_text(json.dumps(dict(data, hub_org='elsewhere')))
+    assert sync(stale_copy, tmp_path / 'pkg.py', tmp_path / 'cards.md', check=True)  # differs from the package
+
+
+def test_find_weight_matches_repo_and_revision_in_any_org():
+    weight = {w.name: w for w in zoo()}[DEMO_WEIGHT]
+    assert find_weight(f'mirror/{weight.repo}', weight.revision) == weight
+    assert find_weight(f'mirror/{weight.repo}', 'main') is None
+
+
+def test_demo_runs_offline(tmp_path, hub_cache, capsys):
+    assert run_demo(cache_dir=tmp_path / 'demo-cache') == 0
+    out = capsys.readouterr().out
+    assert f'model: {DEMO_WEIGHT}' in out and 'not from the Hub' in out and 'rebuilt from the' in out
+    lines = {line.split(':')[0]: line for line in out.splitlines()}
+    assert 'tiger cat' in lines['chelsea'] and 'espresso' in lines['coffee']
+    # a second run finds the local cache already laid out
+    assert run_demo(cache_dir=tmp_path / 'demo-cache') == 0
+    assert 'espresso' in capsys.readouterr().out
+
+
+def test_model_cards_lists_every_weight():
+    text = (MANIFEST_PATH.parents[1] / 'MODEL_CARDS.md').read_text()
+    for w in zoo():
+        assert f'## {w.name}' in text and w.sha256 in text
+        for metric in w.metrics:
+            assert metric.command in text

@@ -1,0 +1,92 @@
+"""Fetching pretrained weights through huggingface_hub, checked against the zoo manifest.
+
+timm would download ``model.safetensors`` itself; the model families fetch it here first so that a
+missing or unreachable file gets an error naming the repository, the file and what to do, and so that a
+zoo weight whose bytes differ from the manifest's sha256 never loads.
+"""
+import hashlib
+from pathlib import Path
+from typing import Any, Dict, Optional, Union
+
+from huggingface_hub import constants, hf_hub_download
+from huggingface_hub.errors import (
+    EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled, RepositoryNotFoundError,
+    RevisionNotFoundError)
+from timm.models._builder import resolve_pretrained_cfg
+from timm.models._hub import hf_split
+
+from .zoo import HUB_ORG_ENV, WEIGHTS_FILE, find_weight
+
+__all__ = ['WeightsUnavailableError', 'WeightsIntegrityError', 'sha256_of', 'fetch_weights',
+           'pretrained_weights_overlay']
+
+
+class WeightsUnavailableError(OSError):
+    """Pretrained weights that cannot be obtained; the message says why and what to do."""
+
+
+class WeightsIntegrityError(RuntimeError):
+    """Downloaded weights whose sha256 differs from the zoo manifest's."""
+
+
+def sha256_of(path: Union[str, Path]) -> str:
+    digest = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for chunk in iter(lambda: f.read(1 << 20), b''):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _unavailable(repo_id: str, filename: str, revision: Optional[str], error: Exception) -> WeightsUnavailableError:
+    where = f"'{filename}' of {repo_id}" + (f' at revision {revision}' if revision else '')
+    endpoint = constants.ENDPOINT
+    if isinstance(error, LocalEntryNotFoundError):
+        reason = (f'cannot download {where}: it is not in the local cache ({constants.HF_HUB_CACHE}) and the Hub '
+                  f'is not reachable' + (' (HF_HUB_OFFLINE is set)' if constants.HF_HUB_OFFLINE else '') +
+                  '. Connect once to download it, or point HF_HUB_CACHE at a cache that holds it; '
+                  '`timm-mrla demo` lays out one for the weights it can build offline.')
+    elif isinstance(error, RevisionNotFoundError):
+        reason = (f'cannot download {where}: {repo_id} on {endpoint} has no revision {revision}. Use a branch, tag '
+                  f'or commit that exists there, or leave the revision out for the latest.')
+    elif isinstance(error, RepositoryNotFoundError):
+        reason = (f'cannot download {where}: {endpoint} has no repository {repo_id} (or it is private: set HF_TOKEN). '
+                  f'Check the name; for a zoo mirror or fork set {HUB_ORG_ENV}, for another server HF_ENDPOINT.')
+    elif isinstance(error, EntryNotFoundError):
+        reason = (f'cannot download {where}: the repository has no such file at that revision. Publish the folder '
+                  f'written by `timm-mrla convert` (`timm-mrla push`), which holds {WEIGHTS_FILE}.')
+    else:
+        reason = f'cannot download {where} from {endpoint}: {error}. Check the connection, HF_ENDPOINT and HF_TOKEN.'
+    return WeightsUnavailableError(reason)
+
+
+def fetch_weights(hf_hub_id: str, filename: str = WEIGHTS_FILE, cache_dir: Optional[Union[str, Path]] = None) -> Path:
+    """Download (or find in the cache) ``filename`` of ``org/repo[@revision]`` and check it against the zoo."""
+    repo_id, revision = hf_split(hf_hub_id)
+    try:
+        path = Path(hf_hub_download(repo_id, filename, revision=revision, cache_dir=cache_dir,
+                                    library_name='timm-mrla'))
+    except (HfHubHTTPError, LocalEntryNotFoundError, EntryNotFoundError, OfflineModeIsEnabled,
+            ConnectionError) as e:
+        raise _unavailable(repo_id, filename, revision, e) from e
+    weight = find_weight(repo_id, revision) if filename == WEIGHTS_FILE else None
+    if weight is not None:
+        actual = sha256_of(path)
+        if actual != weight.sha256:
+            raise WeightsIntegrityError(
+                f'{filename} of {repo_id}@{revision} ({weight.name}) has sha256 {actual}, but the zoo manifest '
+                f'expects {weight.sha256}: the file at {path} is damaged or was replaced, so it was not loaded. '
+                f'Delete that cached file (or `hf cache delete`) and download it again; if the mismatch persists, '
+                f'the repository was altered: report it.')
+    return path
+
+
+def pretrained_weights_overlay(variant: str, kwargs: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """For a model about to load Hub weights, fetch them now and return the pretrained_cfg overlay that makes
+    timm load the checked file; None when timm will load from elsewhere (a file, a URL, a local folder)."""
+    cfg = resolve_pretrained_cfg(variant, pretrained_cfg=kwargs.get('pretrained_cfg'),
+                                 pretrained_cfg_overlay=kwargs.get('pretrained_cfg_overlay'))
+    from_hub = cfg.hf_hub_id and (cfg.source == 'hf-hub' or not (cfg.state_dict or cfg.file or cfg.source))
+    if not from_hub or cfg.custom_load:
+        return None
+    path = fetch_weights(cfg.hf_hub_id, cfg.hf_hub_filename or WEIGHTS_FILE, kwargs.get('cache_dir'))
+    return dict(kwargs.get('pretrained_cfg_overlay') or {}, file=str(path), source='file')

