@@ -5,11 +5,12 @@ come out on every machine and torch version. ``golden/make_golden.py`` fed these
 authors' code once; the tests feed them through ``timm-mrla convert`` and compare.
 """
 import math
-import zlib
 from pathlib import Path
 from typing import Dict, List, Tuple
 
 import torch
+
+from timm_mrla.layers.init import hashed_uniform
 
 GOLDEN_DIR = Path(__file__).resolve().parent / 'golden'
 KEY_DIR = GOLDEN_DIR / 'keys'  # the authors' state-dict keys and shapes (copied from shared/reference/official-keys)
@@ -25,15 +26,6 @@ def read_key_list(name: str) -> List[Tuple[str, Tuple[int, ...], str]]:
         dims = () if shape == 'scalar' else tuple(int(s) for s in shape.split('x'))
         rows.append((key, dims, dtype))
     return rows
-
-
-def hashed_uniform(tag: str, shape: Tuple[int, ...]) -> torch.Tensor:
-    """Values in [-1, 1) from a multiplicative hash of (tag, index)."""
-    n = math.prod(shape)
-    seed = zlib.crc32(tag.encode())
-    x = (torch.arange(n, dtype=torch.int64) * 2654435761 + seed * 40503) % 2 ** 32
-    x = ((x ^ (x >> 13)) * 1274126177) % 2 ** 32
-    return (x.double() / 2 ** 31 - 1).float().reshape(shape)
 
 
 def synthetic_value(key: str, shape: Tuple[int, ...], dtype: str) -> torch.Tensor:

