@@ -17,11 +17,8 @@ from typing import List, Optional, Tuple, Type
 
 import torch
 import torch.nn as nn
+import torch.fx
 import torch.nn.functional as F
-try:
-    from torch.fx._symbolic_trace import is_fx_symbolic_tracing
-except ImportError:  # torch < 2.5
-    from torch.fx._symbolic_trace import is_fx_tracing as is_fx_symbolic_tracing
 
 __all__ = ['eca_kernel_size', 'MRLALight', 'MRLABase', 'batchnorm_affine', 'add_mrla_light']
 
@@ -130,17 +127,26 @@ class MRLALight(_MRLAProjections):
         per-sample gate, the shift and the residual identity fold in as well, into one depthwise convolution
         over B*C groups, so the whole branch is that convolution plus one pass over ``prev``.
         """
-        gate = self.gate(x)
         weight = self.v.weight * scale[:, None, None, None]
         prev_scale = (scale * self.lambda_t).to(x.dtype)[:, None, None]
-        if x.is_contiguous():
-            b, c, h, w = x.shape
-            kernel = (gate * weight.view(1, c, 3, 3)).reshape(b * c, 1, 3, 3)
-            kernel[:, :, 1, 1] += 1  # the residual identity
-            y = F.conv2d(x.reshape(1, b * c, h, w), kernel, shift.repeat(b), padding=1, groups=b * c)
-            return y.view(b, c, h, w).addcmul_(prev, prev_scale)
-        y = torch.addcmul(shift.to(x.dtype)[:, None, None], prev, prev_scale)
-        return y.addcmul_(F.conv2d(x, weight, padding=1, groups=self.dim), gate).add_(x)
+        return _folded_light(x, prev, self.gate(x), weight, prev_scale, shift)
+
+
+def _folded_light(x: torch.Tensor, prev: torch.Tensor, gate: torch.Tensor, weight: torch.Tensor,
+                  prev_scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """``x + gate * dwconv3x3(x, weight) + prev_scale * prev + shift`` (see ``MRLALight.forward_folded``)."""
+    if x.is_contiguous():
+        b, c, h, w = x.shape
+        kernel = (gate * weight.view(1, c, 3, 3)).reshape(b * c, 1, 3, 3)
+        kernel[:, :, 1, 1] += 1  # the residual identity
+        y = F.conv2d(x.reshape(1, b * c, h, w), kernel, shift.repeat(b), padding=1, groups=b * c)
+        return y.view(b, c, h, w).addcmul_(prev, prev_scale)
+    y = torch.addcmul(shift.to(x.dtype)[:, None, None], prev, prev_scale)
+    return y.addcmul_(F.conv2d(x, weight, padding=1, groups=x.shape[1]), gate).add_(x)
+
+
+# FX records the call as one node, so a traced model computes exactly what the eager one does
+torch.fx.wrap('_folded_light')
 
 
 class MRLABase(_MRLAProjections):
@@ -193,10 +199,10 @@ def add_mrla_light(x: torch.Tensor, prev: torch.Tensor, mrla: MRLALight, norm: n
                    drop_path: nn.Module) -> torch.Tensor:
     """``x + drop_path(norm(mrla(x, prev)))``, the MRLA-light branch of the CNN blocks.
 
-    At inference an eval-mode BatchNorm folds into the layer (``MRLALight.forward_folded``). Python only:
-    TorchScript-ed blocks write the expression out; FX traces it, and torch.compile fuses it, plainly.
+    At inference an eval-mode BatchNorm folds into the layer (``MRLALight.forward_folded``), FX-traced models
+    included. TorchScript-ed blocks write the expression out, and torch.compile fuses it, plainly.
     """
-    if not drop_path.training and not is_fx_symbolic_tracing() and not torch.compiler.is_compiling():
+    if not drop_path.training and not torch.compiler.is_compiling():
         affine = batchnorm_affine(norm)
         if affine is not None:
             return mrla.forward_folded(x, prev, *affine)
