@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs timm's own model test suite (tests/test_models.py from the timm sdist, unmodified) on every
 # timm-mrla model. Needs the project installed; fetches the sdist of the installed timm release.
-#   bash tests/timm_suite.sh [extra pytest args]
+# The pretrained tests load the zoo's weights through the Hub code path, offline, from a Hugging Face cache
+# that `timm-mrla zoo cache` lays out from what this checkout holds (the Hub is not needed, nor reached).
+#   bash tests/timm_suite.sh [extra pytest args]   (a -k of your own replaces '-k mrla': keep it, as in -k 'mrla and fx')
 set -euo pipefail
 python=${PYTHON:-python}
 version=$("$python" -c 'import timm; print(timm.__version__)')
@@ -11,9 +13,10 @@ trap 'rm -rf "$work"' EXIT
 tar -xzf "$work/timm-$version.tar.gz" -C "$work"
 # run the copied tests against the installed timm, not the sdist's sources
 mkdir "$work/suite" && cp -r "$work/timm-$version/tests" "$work/suite/"
+"$python" -m timm_mrla.cli zoo cache --out "$work/hub-cache"
 cd "$work/suite"
 status=0
-TORCH_BACKEND=timm_mrla "$python" -m pytest tests/test_models.py -k mrla -p no:cacheprovider -q "$@" || status=$?
+HF_HUB_OFFLINE=1 HF_HUB_CACHE="$work/hub-cache" TORCH_BACKEND=timm_mrla "$python" -m pytest tests/test_models.py -k mrla -p no:cacheprovider -q "$@" || status=$?
 # exit 5 means nothing was collected: no mrla model reached timm's registry, which is a failure here
 [ "$status" -eq 5 ] && echo "timm_suite: no timm-mrla model was collected" >&2
 exit "$status"
