@@ -129,7 +129,8 @@ def convert_state_dict(model_name: str, state_dict: Dict[str, torch.Tensor]) -> 
     model = timm.create_model(model_name, pretrained=False)
     mapped = _filter_fn(model_name)(state_dict, model)
     sizes = checkpoint_sizes(model_name, mapped)
-    if sizes != dict(num_classes=model.num_classes, in_chans=model.in_chans):
+    cfg = timm.models.get_pretrained_cfg(model_name)
+    if sizes != dict(num_classes=cfg.num_classes, in_chans=cfg.input_size[0]):
         model = timm.create_model(model_name, pretrained=False, **sizes)
         mapped = _filter_fn(model_name)(state_dict, model)
 
