@@ -18,7 +18,7 @@ HUB_ORG_ENV = 'TIMM_MRLA_HUB_ORG'
 WEIGHTS_FILE = 'model.safetensors'
 
 __all__ = ['HUB_ORG_ENV', 'WEIGHTS_FILE', 'Metric', 'ZooWeight', 'hub_org', 'parse_manifest',
-           'zoo', 'find_weight', 'pretrained_cfgs']
+           'zoo', 'find_weight', 'pretrained_cfgs', 'architecture_cfg']
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,9 @@ class ZooWeight:
     metrics: Tuple[Metric, ...] = ()
     pretrained_cfg: Dict[str, Any] = field(default_factory=dict)  # overrides of the model's default cfg
     base_model: str = ''
+    # whether the untagged name loads these weights; False for weights of another input or task (Fashion-MNIST's
+    # 1x28x28, 10 classes), so that ``timm.create_model(model)`` keeps the architecture's ImageNet config
+    default: bool = True
 
     @property
     def name(self) -> str:
@@ -114,18 +117,31 @@ def find_weight(repo_id: str, revision: Optional[str]) -> Optional[ZooWeight]:
     return None
 
 
+_ARCHITECTURE_CFGS: Dict[str, Dict[str, Any]] = {}
+
+
+def architecture_cfg(model: str) -> Dict[str, Any]:
+    """The config of architecture ``model`` before any published weight's overrides (for new weights' folders)."""
+    return dict(_ARCHITECTURE_CFGS[model])
+
+
 def pretrained_cfgs(base_cfgs: Dict[str, Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
     """``default_cfgs`` entries for a model family: each model's published weights as pretrained tags, the
-    first of them its default, or the untagged config where nothing is published."""
+    first default one (see ``ZooWeight.default``) the model's default; the untagged config stays the default
+    where no such weight is published."""
     weights = zoo()
     cfgs: Dict[str, Dict[str, Any]] = {}
+    _ARCHITECTURE_CFGS.update(base_cfgs)
     for model, cfg in base_cfgs.items():
-        published = [w for w in weights if w.model == model]
+        published = sorted((w for w in weights if w.model == model), key=lambda w: not w.default)
         for w in published:
             overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in w.pretrained_cfg.items()}
             cfgs[w.name] = dict(cfg, hf_hub_id=w.hf_hub_id(), license=w.license, **overrides)
         if not published:
             cfgs[model] = cfg
+        elif not published[0].default:
+            # timm's explicit-default mark, after the tags: generate_default_cfgs puts the untagged config first
+            cfgs[f'{model}.*'] = cfg
     return cfgs
 
 

@@ -15,7 +15,7 @@ from .cards import card_for_weight
 from .download import sha256_of
 from .folder import FOLDER_FILES, FolderError, check_writable, write_folder
 from .sync import MANIFEST_PATH
-from .zoo import Metric, ZooWeight, read_manifest
+from .zoo import Metric, ZooWeight, architecture_cfg, read_manifest
 
 __all__ = ['draft_weight', 'write_zoo_folder']
 
@@ -41,14 +41,16 @@ def write_zoo_folder(name: str, out_dir: Path, checkpoint: Optional[Path] = None
     weight = draft_weight(name, manifest)
     out_dir = Path(out_dir)
     check_writable(out_dir, force)
-    cfg = dict(timm.models.get_pretrained_cfg(weight.model).to_dict(), **weight.pretrained_cfg)
+    architecture = timm.models.PretrainedCfg(**architecture_cfg(weight.model)).to_dict()
+    cfg = dict(architecture, **weight.pretrained_cfg, license=weight.license)
     if checkpoint is not None:
         state_dict, _ = select_state_dict(load_checkpoint(checkpoint), use_ema=use_ema)
         model = convert_state_dict(weight.model, state_dict)
     else:
         model, check = checked_warm_start(warmstart, weight.model)
         print(f'warm start: {check}')
-    model.pretrained_cfg = dict(model.pretrained_cfg, **cfg, tag=weight.tag)
+    # from the manifest alone, whatever tags the registry holds
+    model.pretrained_cfg = dict(architecture=weight.model, **cfg, tag=weight.tag)
     model.default_cfg = model.pretrained_cfg
     card = card_for_weight(weight, model.num_classes, cfg['input_size'])
     write_folder(model, out_dir, card, force=force)
