@@ -1,14 +1,21 @@
 """The zoo: manifest, registry tags, generated files, the demo."""
 import json
+from pathlib import Path
 
 import pytest
 import timm
+import torch
+from PIL import Image
+from safetensors.torch import load_file
 
 import timm_mrla  # noqa: F401
 from timm_mrla.demo import DEMO_WEIGHT, run_demo
 from timm_mrla.hub import zoo
 from timm_mrla.hub.sync import MANIFEST_PATH, sync
+from timm_mrla.hub.offline import offline_cache
 from timm_mrla.hub.zoo import find_weight, parse_manifest, read_manifest
+
+FMNIST_SAMPLE = Path(__file__).parent / 'golden' / 'fmnist_test_sample.safetensors'
 
 
 def test_pretrained_tags_are_exactly_the_manifest():
@@ -20,10 +27,13 @@ def test_pretrained_tags_are_exactly_the_manifest():
         assert cfg.license == w.license
         for key, value in w.pretrained_cfg.items():
             assert getattr(cfg, key) == (tuple(value) if isinstance(value, list) else value)
-    # a model with published weights loads its first one by default, as timm's untagged names do
+    # a model with published default weights loads the first of them by default, as timm's untagged names do;
+    # weights for another input (Fashion-MNIST) load only by their tag
     for w in manifest:
-        first = next(x for x in manifest if x.model == w.model)
-        assert timm.models.get_pretrained_cfg(w.model).tag == first.tag
+        first = next((x for x in manifest if x.model == w.model and x.default), None)
+        assert timm.models.get_pretrained_cfg(w.model).tag == (first.tag if first else None)
+    assert timm.create_model('resnet18_mrla').num_classes == 1000
+    assert timm.create_model('resnet18_mrla.fmnist').num_classes == 10
 
 
 def test_generated_files_are_up_to_date():
@@ -68,3 +78,20 @@ def test_model_cards_lists_every_weight():
         assert f'## {w.name}' in text and w.sha256 in text
         for metric in w.metrics:
             assert metric.command in text
+
+
+def test_fashion_mnist_weights_classify_real_test_images(hub_cache):
+    """The published resnet18_mrla.fmnist, laid out offline from hub/weights/ and loaded by its tag through the
+    Hub code path with its own preprocessing, classifies the first 200 real Fashion-MNIST test images about as
+    well as its card's test top-1 says (an untrained model scores about 10%)."""
+    done, missing = offline_cache(hub_cache)
+    assert 'resnet18_mrla.fmnist' in done and not missing
+    model = timm.create_model('resnet18_mrla.fmnist', pretrained=True).eval()
+    assert model.num_classes == 10 and model.pretrained_cfg['label_names'][9] == 'Ankle boot'
+    transform = timm.data.create_transform(**timm.data.resolve_data_config(model=model))
+    sample = load_file(FMNIST_SAMPLE)
+    x = torch.stack([transform(Image.fromarray(image.numpy())) for image in sample['images']])
+    assert x.shape == (200, 1, 28, 28)
+    with torch.inference_mode():
+        accuracy = (model(x).argmax(-1) == sample['labels']).float().mean().item()
+    assert accuracy >= 0.85
