@@ -13,7 +13,7 @@ from timm_mrla.demo import DEMO_WEIGHT, run_demo
 from timm_mrla.hub import zoo
 from timm_mrla.hub.sync import MANIFEST_PATH, sync
 from timm_mrla.hub.offline import offline_cache
-from timm_mrla.hub.zoo import find_weight, parse_manifest, read_manifest
+from timm_mrla.hub.zoo import architecture_cfg, find_weight, parse_manifest, read_manifest
 
 FMNIST_SAMPLE = Path(__file__).parent / 'golden' / 'fmnist_test_sample.safetensors'
 
@@ -50,6 +50,10 @@ def test_manifest_is_validated(tmp_path):
         parse_manifest(dict(data, weights=[dict(entry, sha256='')]))
     with pytest.raises(ValueError, match='full 40-hex revision'):
         parse_manifest(dict(data, weights=[dict(entry, revision='main')]))
+    with pytest.raises(ValueError, match='use true or false'):
+        parse_manifest(dict(data, weights=[dict(entry, default='no')]))
+    with pytest.raises(ValueError, match="'resnet18' is not a timm-mrla model"):
+        architecture_cfg('resnet18')
     stale_copy = tmp_path / 'manifest.json'
     stale_copy.write_text(json.dumps(dict(data, hub_org='elsewhere')))
     assert sync(stale_copy, tmp_path / 'pkg.py', tmp_path / 'cards.md', check=True)  # differs from the package
@@ -95,3 +99,14 @@ def test_fashion_mnist_weights_classify_real_test_images(hub_cache):
     with torch.inference_mode():
         accuracy = (model(x).argmax(-1) == sample['labels']).float().mean().item()
     assert accuracy >= 0.85
+
+
+def test_zoo_folder_names_an_entry_for_an_unknown_model(tmp_path, capsys):
+    from timm_mrla.cli import main
+    data = read_manifest(MANIFEST_PATH)
+    entry = dict(data['weights'][0], model='resnet18', tag='x', sha256='', revision='')
+    manifest = tmp_path / 'manifest.json'
+    manifest.write_text(json.dumps(dict(data, weights=data['weights'] + [entry])))
+    assert main(['zoo', 'folder', 'resnet18.x', '--manifest', str(manifest), '--checkpoint', str(tmp_path / 'c.pth'),
+                 '--out', str(tmp_path / 'out')]) == 2
+    assert "entry resnet18.x: 'resnet18' is not a timm-mrla model" in capsys.readouterr().err

@@ -88,6 +88,8 @@ def parse_manifest(data: Dict[str, Any], source: str = 'the manifest') -> List[Z
             raise ValueError(f'{source}: weight #{i} ({entry.get("model")}.{entry.get("tag")}) lacks {", ".join(missing)}')
         if len(entry['revision']) != 40 or len(entry['sha256']) != 64:
             raise ValueError(f'{source}: weight #{i} needs a full 40-hex revision and a 64-hex sha256')
+        if not isinstance(entry.get('default', True), bool):
+            raise ValueError(f'{source}: weight #{i} has "default": {entry["default"]!r}; use true or false')
         metrics = tuple(Metric(**m) for m in entry.get('metrics', []))
         known = {k: entry[k] for k in ZooWeight.__dataclass_fields__ if k in entry and k != 'metrics'}
         weights.append(ZooWeight(**known, metrics=metrics))
@@ -122,6 +124,8 @@ _ARCHITECTURE_CFGS: Dict[str, Dict[str, Any]] = {}
 
 def architecture_cfg(model: str) -> Dict[str, Any]:
     """The config of architecture ``model`` before any published weight's overrides (for new weights' folders)."""
+    if model not in _ARCHITECTURE_CFGS:
+        raise ValueError(f'{model!r} is not a timm-mrla model; the models are: {", ".join(sorted(_ARCHITECTURE_CFGS))}')
     return dict(_ARCHITECTURE_CFGS[model])
 
 

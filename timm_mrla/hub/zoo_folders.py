@@ -41,7 +41,10 @@ def write_zoo_folder(name: str, out_dir: Path, checkpoint: Optional[Path] = None
     weight = draft_weight(name, manifest)
     out_dir = Path(out_dir)
     check_writable(out_dir, force)
-    architecture = timm.models.PretrainedCfg(**architecture_cfg(weight.model)).to_dict()
+    try:
+        architecture = timm.models.PretrainedCfg(**architecture_cfg(weight.model)).to_dict()
+    except ValueError as e:
+        raise FolderError(f'{manifest}: entry {name}: {e}') from e
     cfg = dict(architecture, **weight.pretrained_cfg, license=weight.license)
     if checkpoint is not None:
         state_dict, _ = select_state_dict(load_checkpoint(checkpoint), use_ema=use_ema)
