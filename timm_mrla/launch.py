@@ -26,6 +26,11 @@ def launch(kind: str, argv: Optional[List[str]] = None) -> None:
               f'first, then its arguments\n{usage}', file=sys.stderr)
         raise SystemExit(2)
     import timm_mrla  # noqa: F401  registers the models before the script creates one
+    from timm_mrla.models import AuthorsCheckpointError
     sys.argv = [str(script)] + argv[1:]
     sys.path.insert(0, str(script.resolve().parent))  # as `python script.py` would, for its sibling imports
-    runpy.run_path(str(script), run_name='__main__')
+    try:
+        runpy.run_path(str(script), run_name='__main__')
+    except AuthorsCheckpointError as e:  # a checkpoint that does not fit: the message says all, not the traceback
+        print(f'timm_mrla.{kind}: error: {e}', file=sys.stderr)
+        raise SystemExit(2)
