@@ -16,6 +16,7 @@ from PIL import Image
 from safetensors.torch import save_file
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
+from timm_mrla.launch import launch
 from timm_mrla.models import AuthorsCheckpointError
 from synthetic_checkpoints import (assert_golden_outputs, deit_main_checkpoint, golden_input, resnet_train_checkpoint,
                                    synthetic_state_dict, timm_train_checkpoint)
@@ -55,6 +56,20 @@ def test_create_model_with_checkpoint_path(tmp_path, authors_name, model_name, l
     torch.save(layout(authors_name), tmp_path / 'checkpoint.pth.tar')
     model = _model(model_name, checkpoint_path=str(tmp_path / 'checkpoint.pth.tar'))
     assert_golden_outputs(model, authors_name)
+
+
+def test_pretrained_cfg_overlay_file(tmp_path):
+    """train.py's --pretrained-path: timm's pretrained loading, through the family's checkpoint filter."""
+    file = str(tmp_path / 'checkpoint.pth')
+    torch.save(deit_main_checkpoint('deit_mrlal_tiny_patch16_224'), file)
+    model = _model('deit_tiny_mrla', pretrained=True, pretrained_cfg_overlay=dict(file=file))
+    # with --num-classes, train.py asks for a new head (num_classes=-1); the rest is the authors'
+    ten = _model('deit_tiny_mrla', pretrained=True, num_classes=10,
+                 pretrained_cfg_overlay=dict(file=file, num_classes=-1))
+    authors = model.state_dict()
+    assert all(torch.equal(v, authors[k]) for k, v in ten.state_dict().items() if not k.startswith('head.'))
+    assert ten.head.weight.shape == (10, 192)
+    assert_golden_outputs(model, 'deit_mrlal_tiny_patch16_224')
 
 
 def test_timm_load_checkpoint_takes_the_ema_weights_as_timm_does(tmp_path):
@@ -130,6 +145,30 @@ def test_missing_keys_and_shape_mismatches_are_named():
         _model('resnet50_mrla', num_classes=10).load_state_dict(state_dict, strict=False)
 
 
+def test_train_resume_of_an_authors_checkpoint_is_refused(tmp_path, capsys, monkeypatch):
+    """--resume would give timm's optimizer the authors' optimizer state: the launcher stops before train.py runs."""
+    monkeypatch.setattr(sys, 'argv', list(sys.argv))
+    monkeypatch.setattr(sys, 'path', list(sys.path))
+    script = tmp_path / 'train.py'
+    script.write_text('raise SystemExit("train.py ran")\n')
+    authors = tmp_path / 'authors.pth.tar'
+    torch.save(resnet_train_checkpoint('resnet50_mrlal'), authors)
+    with pytest.raises(SystemExit) as e:
+        launch('train', [str(script), '--model', 'resnet50_mrla', f'--resume={authors}'])
+    assert e.value.code == 2
+    message = capsys.readouterr().err
+    assert f"--resume {authors} is a checkpoint of the MRLA authors' code" in message
+    assert f'--initial-checkpoint {authors}' in message and '--no-resume-opt' in message
+
+    ours = tmp_path / 'last.pth.tar'  # as train.py saves it
+    torch.save({'epoch': 3, 'state_dict': _model('resnet18_mrla').state_dict(), 'optimizer': {}, 'version': 2}, ours)
+    for args in (['--model', 'resnet50_mrla', '--resume', str(authors), '--no-resume-opt'],
+                 ['--model', 'resnet18_mrla', '--resume', str(ours)],
+                 ['--model', 'resnet50', '--resume', str(authors)]):  # not an MRLA model: timm's business
+        with pytest.raises(SystemExit, match='train.py ran'):
+            launch('train', [str(script), *args])
+
+
 # timm's own scripts, run through our launcher from a checkout of timm's repository
 
 @pytest.fixture(scope='module')
@@ -199,7 +238,8 @@ def test_train_py_initial_checkpoint(tmp_path, timm_repo):
     trained = _model('resnet50_mrla', checkpoint_path=str(tmp_path / 'runs' / 'r50' / 'last.pth.tar'))
     # training moved the BatchNorm statistics and nothing else: put the authors' back, then every output is theirs
     authors = _model('resnet50_mrla', checkpoint_path=str(checkpoint)).state_dict()
-    statistics = {k: v for k, v in authors.items() if k.endswith(('running_mean', 'running_var', 'num_batches_tracked'))}
+    statistics = {k: v for k, v in authors.items()
+                  if k.endswith(('running_mean', 'running_var', 'num_batches_tracked'))}
     assert any(not torch.equal(trained.state_dict()[k], v) for k, v in statistics.items())
     trained.load_state_dict(statistics, strict=False)
     assert_golden_outputs(trained, 'resnet50_mrlal')
