@@ -101,9 +101,10 @@ class AuthorsLayoutMixin:
     """Lets a model load state dicts laid out as the authors' models, by whatever route they come.
 
     timm's ``load_checkpoint`` (``create_model(checkpoint_path=...)``, ``validate.py --checkpoint``, ``train.py
-    --initial-checkpoint``) and ``resume_checkpoint`` all end in ``load_state_dict``: a state dict whose keys the
-    family's ``authors_key_rules`` rename is mapped there as ``checkpoint_filter_fn`` maps it, after checking that it
-    fits (``AuthorsCheckpointError`` otherwise). State dicts in timm's layout load exactly as before.
+    --initial-checkpoint``) and its resume helpers all end in the model's ``load_state_dict``: a state dict whose
+    keys the family's ``authors_key_rules`` rename is mapped there as ``checkpoint_filter_fn`` maps it, after checking
+    that it fits (``AuthorsCheckpointError`` otherwise). When the model is loaded inside a larger module, a pre-hook
+    maps the keys under its prefix and torch's own checks apply. State dicts in timm's layout load exactly as before.
     """
     authors_key_rules: Sequence[Rule] = ()
 
@@ -112,6 +113,7 @@ class AuthorsLayoutMixin:
         self.register_load_state_dict_pre_hook(_map_authors_layout_hook)
 
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):
+        # checked here, not in the pre-hook: torch passes pre-hooks strict=True whatever the caller asked
         if is_authors_layout(state_dict, self.authors_key_rules):
             mapped = remap_state_dict(state_dict, self, self.authors_key_rules)
             name = getattr(self, 'pretrained_cfg', {}).get('architecture') or type(self).__name__
