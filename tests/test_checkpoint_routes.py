@@ -49,7 +49,7 @@ def test_load_state_dict_maps_the_authors_layouts(authors_name, model_name, ddp)
 
 
 @pytest.mark.parametrize('authors_name, model_name, layout', [
-    ('resnet50_mrlal', 'resnet50_mrla', resnet_train_checkpoint),  # the example: resnet/train.py's file
+    ('resnet50_mrlal', 'resnet50_mrla', resnet_train_checkpoint),  # as resnet/train.py saves it
     ('deit_mrlab_tiny_patch16_224', 'deit_tiny_mrla_base', deit_main_checkpoint),
 ])
 def test_create_model_with_checkpoint_path(tmp_path, authors_name, model_name, layout):

@@ -8,7 +8,7 @@ models before the script starts.
 
 A checkpoint of the authors' code loads wherever the script takes one (the models map its keys); one that does not
 fit the model stops with the models' error message alone. ``train.py --resume`` of such a checkpoint is refused
-before the script runs, unless ``--no-resume-opt`` is given (see ``refuse_resuming_authors_optimizer``).
+before the script runs, unless ``--no-resume-opt`` is given (see ``_refuse_resuming_authors_optimizer``).
 """
 import argparse
 import runpy
@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import List, Optional
 
 
-def refuse_resuming_authors_optimizer(argv: List[str]) -> None:
+def _refuse_resuming_authors_optimizer(argv: List[str]) -> None:
     """Stop ``train.py --resume CHECKPOINT`` when CHECKPOINT comes from the authors' code.
 
     ``--resume`` restores the optimizer with the weights. The authors' optimizer state follows their models'
@@ -72,7 +72,7 @@ def launch(kind: str, argv: Optional[List[str]] = None) -> None:
     import timm_mrla  # noqa: F401  registers the models before the script creates one
     from timm_mrla.models import AuthorsCheckpointError
     if kind == 'train':
-        refuse_resuming_authors_optimizer(argv[1:])
+        _refuse_resuming_authors_optimizer(argv[1:])
     sys.argv = [str(script)] + argv[1:]
     sys.path.insert(0, str(script.resolve().parent))  # as `python script.py` would, for its sibling imports
     try:
