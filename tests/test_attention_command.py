@@ -67,6 +67,8 @@ def test_pretrained_one_channel_model_gets_grey_input(tmp_path, hub_cache):
     (['resnet10t', 'skimage:coffee', '--random-init'], 'resnet10t is not an MRLA model'),
     (['no_such_model_mrla', 'skimage:coffee'], 'not a timm model name'),
     (['resnet50_mrla', 'skimage:coffee'], 'or --random-init'),
+    (['resnet18_mrla.no_such_tag', 'skimage:coffee'], 'or --random-init'),
+    (['local-dir:no_such_folder', 'skimage:coffee'], 'cannot load local-dir:no_such_folder'),
     (['resnet18_mrla', 'missing.png', '--random-init'], 'missing.png: no such image file'),
     (['resnet18_mrla', 'skimage:moon_landing', '--random-init'], 'scikit-image photographs are'),
 ])

@@ -33,10 +33,12 @@ def load_model(name: str, pretrained: bool = True) -> Tuple[torch.nn.Module, str
         if 'Unknown model' in str(e):
             raise AttentionCommandError(f'{e}: not a timm model name, tag, hf-hub: or local-dir: '
                                         f'(the MRLA models: timm.list_models("*mrla*") after import timm_mrla)') from e
-        if 'No pretrained weights' in str(e):
-            raise AttentionCommandError(f'{e}. Give a pretrained tag (timm.list_models("*mrla*", pretrained=True)) '
+        if 'No pretrained weights' in str(e) or 'Invalid pretrained tag' in str(e):
+            raise AttentionCommandError(f'{e} Give a pretrained tag (timm.list_models("*mrla*", pretrained=True)) '
                                         f'or --random-init to inspect an untrained model') from e
         raise
+    except OSError as e:  # a missing local-dir: folder or config, a Hub repository or file not found or not cached
+        raise AttentionCommandError(f'cannot load {name}: {e}') from e
     cfg = model.pretrained_cfg
     weights = 'random init' if not pretrained else (cfg.get('hf_hub_id') or cfg.get('file') or cfg.get('url')
                                                      or f'{cfg.get("architecture")}.{cfg.get("tag")}')
@@ -80,7 +82,7 @@ def _pyplot():
 
 
 _EXPLANATION = {
-    'light': 'MRLA-light. Top: the weights over earlier blocks of a stage implied by unrolling the paper\'s recurrence '
+    'light': 'MRLA-light. Top: the weights over earlier blocks of a group (a CNN stage, a DeiT\'s blocks) implied by unrolling the paper\'s recurrence '
              'o_t = a_t v_t + lambda_t o_(t-1): w(t, s) = a_s x mean over a head\'s channels of |lambda_(s+1) ... '
              'lambda_t|, mean over heads and images; the diagonal is the gate. Bottom: each block\'s gates '
              'a = sigmoid(<q, k> / sqrt(d)) per head, mean over images. The implied weights are the paper\'s '
