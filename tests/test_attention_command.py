@@ -89,6 +89,15 @@ def test_unreadable_image_and_missing_output_folder(tmp_path, capsys):
     assert 'does not exist' in capsys.readouterr().err
 
 
+def test_existing_files_are_replaced_only_with_force(tmp_path, capsys):
+    out = tmp_path / 'mine.png'
+    out.write_bytes(b'a figure someone made')
+    assert _attention('resnet18_mrla', 'skimage:coffee', '--random-init', '--out', out) == 2
+    assert 'mine.png exists; pass --force' in capsys.readouterr().err and out.read_bytes() == b'a figure someone made'
+    assert _attention('resnet18_mrla', 'skimage:coffee', '--random-init', '--out', out, '--force') == 0
+    _assert_png(out)
+
+
 def test_without_matplotlib_says_how_to_install_it(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, 'matplotlib', None)  # import matplotlib raises ImportError
     assert _attention('resnet18_mrla', 'skimage:coffee', '--random-init', '--out', tmp_path / 'a.png') == 2

@@ -7,7 +7,7 @@ The images are prepared with the model's own data config (``timm.data.resolve_da
 import json
 import textwrap
 from pathlib import Path
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import timm
 import torch
@@ -82,9 +82,10 @@ def _pyplot():
 
 
 _EXPLANATION = {
-    'light': 'MRLA-light. Top: the weights over earlier blocks of a group (a CNN stage, a DeiT\'s blocks) implied by unrolling the paper\'s recurrence '
-             'o_t = a_t v_t + lambda_t o_(t-1): w(t, s) = a_s x mean over a head\'s channels of |lambda_(s+1) ... '
-             'lambda_t|, mean over heads and images; the diagonal is the gate. Bottom: each block\'s gates '
+    'light': 'MRLA-light. Top: the weights over earlier blocks of a group (a CNN stage, a DeiT\'s blocks) implied '
+             'by unrolling the paper\'s recurrence o_t = a_t v_t + lambda_t o_(t-1): w(t, s) = a_s x mean over a '
+             'head\'s channels of |lambda_(s+1) ... lambda_t|, mean over heads and images; the diagonal is the gate. '
+             'Bottom: each block\'s gates '
              'a = sigmoid(<q, k> / sqrt(d)) per head, mean over images. The implied weights are the paper\'s '
              'reading: in the authors\' models o_(t-1) is the block\'s input, which holds the previous MRLA output '
              'only inside a residual sum (and a BatchNorm follows each CNN MRLA branch).',
@@ -102,8 +103,8 @@ def plot_layer_attention(groups: List[AttentionGroup], caption: str, out: Path) 
     widths = [max(len(g.blocks), 2) for g in groups]
     fig, axes = plt.subplots(
         2, len(groups), squeeze=False, gridspec_kw=dict(width_ratios=widths, height_ratios=[max(widths), 4]),
-        figsize=(max(8.0, 0.55 * sum(widths) + 0.9 * len(groups) + 1.5), 0.55 * max(widths) + 4.6), layout='constrained')
-    image = None
+        figsize=(max(8.0, 0.55 * sum(widths) + 0.9 * len(groups) + 1.5), 0.55 * max(widths) + 4.6),
+        layout='constrained')
     for column, group in enumerate(groups):
         labels = group.blocks
         t_len = len(labels)
@@ -143,12 +144,15 @@ def plot_layer_attention(groups: List[AttentionGroup], caption: str, out: Path) 
     plt.close(fig)
 
 
-def run_attention(model_name: str, image_specs: Sequence[str], out: Path, json_out: Path = None,
-                  pretrained: bool = True) -> List[AttentionGroup]:
-    """Load the model and images, inspect, write the figure to ``out`` (and the numbers to ``json_out``)."""
+def run_attention(model_name: str, image_specs: Sequence[str], out: Path, json_out: Optional[Path] = None,
+                  pretrained: bool = True, force: bool = False) -> List[AttentionGroup]:
+    """Load the model and images, inspect, write the figure to ``out`` (and the numbers to ``json_out``); an
+    existing file is replaced only with ``force``."""
     for path in (out, json_out):
         if path is not None and not path.parent.is_dir():
             raise AttentionCommandError(f'{path}: its folder {path.parent} does not exist')
+        if path is not None and path.exists() and not force:
+            raise AttentionCommandError(f'{path} exists; pass --force to replace it')
     _pyplot()  # before any work: without matplotlib the command says how to install it
     model, weights = load_model(model_name, pretrained)
     config = timm.data.resolve_data_config(model=model)

@@ -52,7 +52,8 @@ def _demo(args: argparse.Namespace) -> int:
 def _attention(args: argparse.Namespace) -> int:
     from .attention import AttentionCommandError, run_attention
     try:
-        groups = run_attention(args.model, args.images, args.out, args.json, pretrained=not args.random_init)
+        groups = run_attention(args.model, args.images, args.out, args.json, pretrained=not args.random_init,
+                               force=args.force)
     except AttentionCommandError as e:
         print(f'timm-mrla attention: error: {e}', file=sys.stderr)
         return 2
@@ -74,6 +75,7 @@ def _add_attention_parser(commands) -> None:
     attention.add_argument('--out', type=Path, required=True, help='the figure, e.g. attention.png')
     attention.add_argument('--json', type=Path, help='also write the numbers, per image and head, to this file')
     attention.add_argument('--random-init', action='store_true', help='inspect the untrained model (no weights)')
+    attention.add_argument('--force', action='store_true', help='replace an existing --out or --json file')
     attention.set_defaults(func=_attention)
 
 
