@@ -123,3 +123,10 @@ def test_frozen_batchnorm_backbone_computes_the_same_in_train_and_eval(backbone,
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
     # what freezing prevents: BatchNorm in train mode would use the batch's statistics
     assert not torch.allclose(unfrozen_train_out[-1], eval_out[-1], rtol=1e-3, atol=1e-3)
+
+
+def test_frozen_stages_needs_resnet_stages():
+    with pytest.raises(ValueError, match='frozen_stages=1 names ResNet stages'):
+        mrla_faster_rcnn('efficientnet_b0_mrla', num_classes=3, pretrained=False)
+    backbone = mrla_faster_rcnn('efficientnet_b0_mrla', num_classes=3, pretrained=False, frozen_stages=0).backbone
+    assert all(p.requires_grad for p in backbone.body.parameters())

@@ -46,7 +46,12 @@ class MRLABackboneWithFPN(nn.Module):
 
 def _freeze_stem_and_stages(body: nn.Module, frozen_stages: int) -> None:
     """No gradient for the ResNet stem and layer1..layer{frozen_stages} (the authors' ``frozen_stages``)."""
+    if frozen_stages <= 0:
+        return
     frozen = ('conv1', 'bn1') + tuple(f'layer{i}' for i in range(1, frozen_stages + 1))
+    if not any(name.startswith('layer1.') for name, _ in body.named_parameters()):
+        raise ValueError(f'frozen_stages={frozen_stages} names ResNet stages (layer1, ...), which '
+                         f'{type(body).__name__} does not have; pass frozen_stages=0')
     for name, param in body.named_parameters():
         if name.split('.')[0] in frozen:
             param.requires_grad_(False)
