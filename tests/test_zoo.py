@@ -13,25 +13,30 @@ from timm_mrla.demo import DEMO_WEIGHT, run_demo
 from timm_mrla.hub import zoo
 from timm_mrla.hub.sync import MANIFEST_PATH, sync
 from timm_mrla.hub.offline import offline_cache
-from timm_mrla.hub.zoo import architecture_cfg, find_weight, parse_manifest, read_manifest
+from timm_mrla.hub.zoo import architecture_cfg, find_weight, parse_manifest, read_manifest, warm_start_named
 
 FMNIST_SAMPLE = Path(__file__).parent / 'golden' / 'fmnist_test_sample.safetensors'
 
 
-def test_pretrained_tags_are_exactly_the_manifest():
+def test_every_zoo_weight_is_a_pretrained_tag():
+    """The manifest's weights are tags as published; every other tag is a warm start from timm's own weights
+    (tests/test_warmstart_tags.py)."""
     manifest = parse_manifest(read_manifest(MANIFEST_PATH))
-    assert sorted(timm.list_models('*mrla*', pretrained=True)) == sorted(w.name for w in manifest)
+    tagged = timm.list_models('*mrla*', pretrained=True)
+    assert {w.name for w in manifest} <= set(tagged)
+    assert all(warm_start_named(t) for t in tagged if t not in {w.name for w in manifest})
     for w in manifest:
         cfg = timm.models.get_pretrained_cfg(w.name)
         assert cfg.hf_hub_id == f'{read_manifest(MANIFEST_PATH)["hub_org"]}/{w.repo}@{w.revision}'
-        assert cfg.license == w.license
+        assert cfg.license == w.license and cfg.notes == (w.summary,)
         for key, value in w.pretrained_cfg.items():
             assert getattr(cfg, key) == (tuple(value) if isinstance(value, list) else value)
     # a model with published default weights loads the first of them by default, as timm's untagged names do;
     # weights for another input (Fashion-MNIST) load only by their tag
     for w in manifest:
         first = next((x for x in manifest if x.model == w.model and x.default), None)
-        assert timm.models.get_pretrained_cfg(w.model).tag == (first.tag if first else None)
+        if first:
+            assert timm.models.get_pretrained_cfg(w.model).tag == first.tag
     assert timm.create_model('resnet18_mrla').num_classes == 1000
     assert timm.create_model('resnet18_mrla.fmnist').num_classes == 10
 
