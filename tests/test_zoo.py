@@ -11,9 +11,9 @@ from safetensors.torch import load_file
 import timm_mrla  # noqa: F401
 from timm_mrla.demo import DEMO_WEIGHT, run_demo
 from timm_mrla.hub import zoo
-from timm_mrla.hub.sync import MANIFEST_PATH, sync
+from timm_mrla.hub.sync import MODEL_CARDS_PATH, sync
 from timm_mrla.hub.offline import offline_cache
-from timm_mrla.hub.zoo import architecture_cfg, find_weight, parse_manifest, read_manifest, warm_start_named
+from timm_mrla.hub.zoo import MANIFEST_PATH, architecture_cfg, find_weight, parse_manifest, read_manifest, warm_start_named
 
 FMNIST_SAMPLE = Path(__file__).parent / 'golden' / 'fmnist_test_sample.safetensors'
 
@@ -59,9 +59,9 @@ def test_manifest_is_validated(tmp_path):
         parse_manifest(dict(data, weights=[dict(entry, default='no')]))
     with pytest.raises(ValueError, match="'resnet18' is not a timm-mrla model"):
         architecture_cfg('resnet18')
-    stale_copy = tmp_path / 'manifest.json'
-    stale_copy.write_text(json.dumps(dict(data, hub_org='elsewhere')))
-    assert sync(stale_copy, tmp_path / 'pkg.py', tmp_path / 'cards.md', check=True)  # differs from the package
+    other_org = tmp_path / 'manifest.json'
+    other_org.write_text(json.dumps(dict(data, hub_org='elsewhere')))
+    assert sync(other_org, MODEL_CARDS_PATH, check=True) == [MODEL_CARDS_PATH]  # the cards name the organisation
 
 
 def test_find_weight_matches_repo_and_revision_in_any_org():
@@ -82,7 +82,7 @@ def test_demo_runs_offline(tmp_path, hub_cache, capsys):
 
 
 def test_model_cards_lists_every_weight():
-    text = (MANIFEST_PATH.parents[1] / 'MODEL_CARDS.md').read_text()
+    text = MODEL_CARDS_PATH.read_text()
     for w in zoo():
         assert f'## {w.name}' in text and w.sha256 in text
         for metric in w.metrics:

@@ -13,7 +13,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from .zoo import Metric, ZooWeight
 
-__all__ = ['CardInfo', 'render_card', 'card_for_weight', 'read_card', 'card_problems', 'render_model_cards']
+__all__ = ['CARD_FILE', 'CardInfo', 'render_card', 'card_for_weight', 'read_card', 'card_problems', 'render_model_cards']
 
 PAPER = 'Cross-Layer Retrospective Retrieving via Layer Attention'
 CITATION = """@inproceedings{fang2023mrla,
@@ -23,6 +23,7 @@ CITATION = """@inproceedings{fang2023mrla,
   year      = {2023},
   url       = {https://arxiv.org/abs/2302.03985}
 }"""
+CARD_FILE = 'README.md'  # a Hub repository's model card
 REQUIRED_METADATA = ('library_name', 'license', 'tags', 'datasets', 'pipeline_tag', 'weights_sha256')
 # dataset ids on the Hub and names for people
 DATASETS = {
@@ -119,7 +120,7 @@ def card_problems(metadata: Dict[str, Any], body: str) -> List[str]:
 def render_model_cards(weights: Sequence[ZooWeight], shapes: Dict[str, Tuple[int, Sequence[int]]], org: str) -> str:
     """MODEL_CARDS.md: every published weight's card, from the manifest."""
     lines = ['# timm-mrla model zoo', '',
-             'Generated from `hub/manifest.json` by `timm-mrla zoo sync`; edit the manifest, not this file. '
+             'Generated from `timm_mrla/hub/manifest.json` by `timm-mrla zoo sync`; edit the manifest, not this file. '
              'Each section is the model card published with the weights.', '']
     if not weights:
         lines += ['No weights are published yet.', '']

@@ -1,23 +1,26 @@
-"""The model zoo: one entry per published weight, read from ``hub/manifest.json``.
+"""The model zoo: one entry per published weight, read from ``manifest.json`` (shipped in this package).
 
-The manifest is the single source of truth. ``timm-mrla zoo sync`` copies it into the package
-(``_manifest.py``, so an installed package needs no data files) and writes ``MODEL_CARDS.md``; the model
-families turn its entries into timm pretrained tags with ``pretrained_cfgs``.
+The manifest is the single source of truth: the model families turn its entries into timm pretrained tags
+with ``pretrained_cfgs``, and ``timm-mrla zoo sync`` writes ``MODEL_CARDS.md`` from it. Every model also
+gets warm-start tags (``warm_starts``) that load timm's own weights of the model it extends.
 
 The entries live in the manifest's Hub organisation (``hub_org``); set ``TIMM_MRLA_HUB_ORG`` before
 importing ``timm_mrla`` to take them from a mirror or a fork instead (the repository names and revisions
 stay).
 """
+import functools
 import json
 import os
 from dataclasses import dataclass, field
+from importlib.resources import files
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 HUB_ORG_ENV = 'TIMM_MRLA_HUB_ORG'
 WEIGHTS_FILE = 'model.safetensors'
+MANIFEST_PATH = Path(str(files(__package__) / 'manifest.json'))
 
-__all__ = ['HUB_ORG_ENV', 'WEIGHTS_FILE', 'Metric', 'ZooWeight', 'WarmStart', 'hub_org', 'parse_manifest',
+__all__ = ['HUB_ORG_ENV', 'WEIGHTS_FILE', 'MANIFEST_PATH', 'Metric', 'ZooWeight', 'WarmStart', 'hub_org', 'parse_manifest',
            'zoo', 'find_weight', 'warm_starts', 'warm_start_named', 'pretrained_cfgs', 'architecture_cfg']
 
 
@@ -64,9 +67,13 @@ class ZooWeight:
         return f'{self.repo_id(org)}@{self.revision}'
 
 
+@functools.lru_cache(maxsize=None)
+def _manifest() -> Dict[str, Any]:
+    return read_manifest(MANIFEST_PATH)
+
+
 def default_hub_org() -> str:
-    from ._manifest import MANIFEST
-    return MANIFEST['hub_org']
+    return _manifest()['hub_org']
 
 
 def hub_org() -> str:
@@ -105,9 +112,8 @@ def read_manifest(path: Path) -> Dict[str, Any]:
 
 
 def zoo() -> List[ZooWeight]:
-    """The published weights, from the manifest copy inside the package."""
-    from ._manifest import MANIFEST
-    return parse_manifest(MANIFEST, 'timm_mrla/hub/_manifest.py')
+    """The published weights."""
+    return parse_manifest(_manifest(), str(MANIFEST_PATH))
 
 
 def find_weight(repo_id: str, revision: Optional[str]) -> Optional[ZooWeight]:
