@@ -13,7 +13,9 @@ from timm_mrla.demo import DEMO_WEIGHT, run_demo
 from timm_mrla.hub import zoo
 from timm_mrla.hub.sync import MODEL_CARDS_PATH, sync
 from timm_mrla.hub.offline import offline_cache
-from timm_mrla.hub.zoo import MANIFEST_PATH, architecture_cfg, find_weight, parse_manifest, read_manifest, warm_start_named
+from timm_mrla.hub.zoo import (MANIFEST_PATH, architecture_cfg, find_weight, parse_manifest, read_manifest,
+                               warm_start_named, warm_starts)
+from timm_mrla.models import BASE_MODELS
 
 FMNIST_SAMPLE = Path(__file__).parent / 'golden' / 'fmnist_test_sample.safetensors'
 
@@ -87,6 +89,9 @@ def test_model_cards_lists_every_weight():
         assert f'## {w.name}' in text and w.sha256 in text
         for metric in w.metrics:
             assert metric.command in text
+    assert "**MRLA branches untrained; computes exactly timm's X; for fine-tuning**" in text
+    for w in warm_starts(BASE_MODELS):
+        assert f'| `{w.name}` | `{w.base}` | `timm/{w.base}` |' in text
 
 
 def test_fashion_mnist_weights_classify_real_test_images(hub_cache):

@@ -3,7 +3,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from .cards import render_model_cards
-from .zoo import MANIFEST_PATH, ZooWeight, parse_manifest, read_manifest
+from .zoo import MANIFEST_PATH, ZooWeight, parse_manifest, read_manifest, warm_starts
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MODEL_CARDS_PATH = REPO_ROOT / 'MODEL_CARDS.md'
@@ -25,7 +25,8 @@ def sync(manifest: Path = MANIFEST_PATH, model_cards: Path = MODEL_CARDS_PATH, c
     """Write (or with ``check`` only compare) MODEL_CARDS.md; returns it if it was out of date."""
     data = read_manifest(manifest)
     weights = parse_manifest(data, str(manifest))
-    wanted = {model_cards: render_model_cards(weights, _shapes(weights), data['hub_org'])}
+    from ..models import BASE_MODELS
+    wanted = {model_cards: render_model_cards(weights, _shapes(weights), data['hub_org'], warm_starts(BASE_MODELS))}
     stale = [path for path, text in wanted.items() if not path.exists() or path.read_text() != text]
     if not check:
         for path in stale:
