@@ -139,10 +139,11 @@ def architecture_cfg(model: str) -> Dict[str, Any]:
 # most used as fine-tuning starts (ResNet strikes back A1, torchvision's original and its improved recipe)
 WARM_START_EXTRA_TAGS = ('a1_in1k', 'tv_in1k', 'tv2_in1k')
 WARM_START_SUFFIX = '_warmstart'
-# what a warm start takes from its base tag: the weights' data config, classes and license
-WARM_START_DATA_FIELDS = ('num_classes', 'input_size', 'test_input_size', 'min_input_size', 'fixed_input_size',
-                          'interpolation', 'crop_pct', 'test_crop_pct', 'crop_mode', 'mean', 'std', 'label_names',
-                          'label_descriptions', 'license', 'hf_hub_filename')
+# what a warm start takes from its base tag: the weights' data config (and the pool size at that input), classes
+# and license
+WARM_START_DATA_FIELDS = ('num_classes', 'input_size', 'pool_size', 'test_input_size', 'min_input_size',
+                          'fixed_input_size', 'interpolation', 'crop_pct', 'test_crop_pct', 'crop_mode', 'mean', 'std',
+                          'label_names', 'label_descriptions', 'license', 'hf_hub_filename')
 
 
 @dataclass(frozen=True)
