@@ -182,7 +182,7 @@ def test_offline_with_nothing_cached(hub_cache):
         timm.create_model(DEMO_WEIGHT, pretrained=True)
     message = str(e.value)
     for part in (f'timm-mrla/{DEMO_WEIGHT}', "'model.safetensors'", 'not in the local cache', 'HF_HUB_OFFLINE',
-                 'timm-mrla demo'):
+                 'timm-mrla zoo cache DIR'):
         assert part in message
     # an hf-hub: name fails in timm's own config.json download; huggingface_hub's error names repo and file
     with pytest.raises(Exception) as e:

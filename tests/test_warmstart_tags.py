@@ -138,11 +138,21 @@ def test_warm_start_adapts_classes_channels_and_features(hub_cache):
             assert _relative_max_diff(a, b) <= 1e-5
 
 
+def test_deit_warm_start_at_another_image_size(hub_cache):
+    """timm's ViT filter resamples the position embeddings, as for timm's own DeiT."""
+    add_standin(hub_cache, 'deit_tiny_patch16_224.fb_in1k', standin_model('deit_tiny_patch16_224'))
+    model = timm.create_model('deit_tiny_mrla', pretrained=True, img_size=96).eval()
+    base = timm.create_model('deit_tiny_patch16_224.fb_in1k', pretrained=True, img_size=96).eval()
+    x = torch.randn(1, 3, 96, 96)
+    with torch.no_grad():
+        assert _relative_max_diff(model(x), base(x)) <= 1e-5
+
+
 def test_missing_base_repository_offline(hub_cache):
     with pytest.raises(WeightsUnavailableError) as e:
         timm.create_model('resnet50_mrla.tv2_in1k_warmstart', pretrained=True)
     for part in ("'model.safetensors' of timm/resnet50.tv2_in1k", 'not in the local cache', 'HF_HUB_OFFLINE',
-                 'HF_HUB_CACHE'):
+                 'hf download timm/resnet50.tv2_in1k model.safetensors --cache-dir DIR'):
         assert part in str(e.value)
 
 

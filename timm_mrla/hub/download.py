@@ -44,8 +44,9 @@ def _unavailable(repo_id: str, filename: str, revision: Optional[str], error: Ex
     if isinstance(error, LocalEntryNotFoundError):
         reason = (f'cannot download {where}: it is not in the local cache ({constants.HF_HUB_CACHE}) and the Hub '
                   f'is not reachable' + (' (HF_HUB_OFFLINE is set)' if constants.HF_HUB_OFFLINE else '') +
-                  '. Connect once to download it, or point HF_HUB_CACHE at a cache that holds it; '
-                  '`timm-mrla demo` lays out one for the weights it can build offline.')
+                  f'. Connect once to download it, or point HF_HUB_CACHE at a cache that holds it: `hf download '
+                  f'{repo_id} {filename} --cache-dir DIR` where there is a network, or `timm-mrla zoo cache DIR` for '
+                  f'the zoo weights this checkout can build offline.')
     elif isinstance(error, RevisionNotFoundError):
         reason = (f'cannot download {where}: {repo_id} on {endpoint} has no revision {revision}. Use a branch, tag '
                   f'or commit that exists there, or leave the revision out for the latest.')

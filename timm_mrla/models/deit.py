@@ -26,6 +26,7 @@ from timm.models import VisionTransformer, build_model_with_cfg, generate_defaul
 from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint
 from timm.models.vision_transformer import Block
+from timm.models.vision_transformer import checkpoint_filter_fn as vit_checkpoint_filter_fn
 
 from timm_mrla.layers import MRLABase, MRLALight
 from timm_mrla.hub import pretrained_cfgs
@@ -244,7 +245,9 @@ _AUTHORS_KEY_RULES = (
 def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: nn.Module) -> Dict[str, torch.Tensor]:
     """Map a state dict of the authors' ``ViT_mrlal`` / ``ViT_mrlab`` (deit/main.py) onto ours; the base timm model's weights become a warm
     start (``with_mrla_switched_off``)."""
-    return with_mrla_switched_off(remap_state_dict(state_dict, model, _AUTHORS_KEY_RULES), model)
+    # then timm's ViT filter, as for timm's DeiT: position embeddings resampled for another img_size
+    state_dict = vit_checkpoint_filter_fn(remap_state_dict(state_dict, model, _AUTHORS_KEY_RULES), model)
+    return with_mrla_switched_off(state_dict, model)
 
 
 def _create_mrla_deit(variant: str, pretrained: bool = False, **kwargs) -> MRLAVisionTransformer:
