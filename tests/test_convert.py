@@ -115,6 +115,11 @@ def test_wrong_architecture_lists_only_the_first_keys(tmp_path):
     assert 'Check --model' in message
 
 
+def test_a_plain_timm_checkpoint_is_not_converted_but_pointed_to_warmstart(tmp_path):
+    message = _error(tmp_path, {'state_dict': timm.create_model('resnet18').state_dict()}, model='resnet18_mrla')
+    assert 'holds no MRLA layer' in message and 'timm-mrla warmstart --from CHECKPOINT --model resnet18_mrla' in message
+
+
 def test_checkpoint_without_weights(tmp_path):
     message = _error(tmp_path, {'epoch': 3, 'optimizer': {}})
     assert "no state dict under 'state_dict' or 'model'" in message and "'epoch', 'optimizer'" in message

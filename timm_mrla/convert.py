@@ -26,7 +26,7 @@ from safetensors.torch import load_file
 from .hub.cards import CardInfo
 from .hub.download import sha256_of
 from .hub.folder import check_writable, write_folder
-from .models._helpers import state_dict_problems
+from .models._helpers import is_mrla_key, state_dict_problems
 
 __all__ = ['ConversionError', 'load_checkpoint', 'select_state_dict', 'checkpoint_sizes', 'convert_state_dict',
            'convert_checkpoint']
@@ -121,6 +121,10 @@ def convert_state_dict(model_name: str, state_dict: Dict[str, torch.Tensor]) -> 
     first few.
     """
     _check_model_name(model_name)
+    if not any(is_mrla_key(k) for k in state_dict):  # the family filters would make it a warm start
+        raise ConversionError(f'the checkpoint holds no MRLA layer, so it is not an MRLA model; for an MRLA model '
+                              f'starting from these weights use `timm-mrla warmstart --from CHECKPOINT --model '
+                              f'{model_name}`')
     model = timm.create_model(model_name, pretrained=False)
     mapped = _filter_fn(model_name)(state_dict, model)
     sizes = checkpoint_sizes(model_name, mapped)

@@ -26,7 +26,8 @@ from timm.models import BasicBlock, Bottleneck, ResNet, build_model_with_cfg, ge
 
 from timm_mrla.layers import MRLABase, MRLALight, add_mrla_light
 from timm_mrla.hub import pretrained_cfgs
-from ._helpers import AuthorsLayoutMixin, build_mrla_model, lambda_no_weight_decay, remap_state_dict
+from ._helpers import AuthorsLayoutMixin, build_mrla_model, lambda_no_weight_decay, remap_state_dict, \
+    with_mrla_switched_off
 
 __all__ = ['MRLAResNet', 'MRLABaseResNet', 'MRLABasicBlock', 'MRLABottleneck', 'MRLABaseBottleneck']
 
@@ -218,8 +219,9 @@ class MRLABaseResNet(MRLAResNet):
 
 
 def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: nn.Module) -> Dict[str, torch.Tensor]:
-    """Map a state dict of the authors' ``ResNet_mrlal`` / ``ResNet_mrlab`` onto ours."""
-    return remap_state_dict(state_dict, model, _AUTHORS_KEY_RULES)
+    """Map a state dict of the authors' ``ResNet_mrlal`` / ``ResNet_mrlab`` onto ours; the base timm model's weights become a warm
+    start (``with_mrla_switched_off``)."""
+    return with_mrla_switched_off(remap_state_dict(state_dict, model, _AUTHORS_KEY_RULES), model)
 
 
 def _create_mrla_resnet(variant: str, pretrained: bool = False, **kwargs) -> MRLAResNet:
@@ -259,7 +261,7 @@ default_cfgs = generate_default_cfgs(pretrained_cfgs({
     'resnet152_mrla': _cfg(),
     'resnet50_mrla_base': _cfg(first_conv='conv1.0'),
     'resnet101_mrla_base': _cfg(first_conv='conv1.0'),
-}))
+}, BASE_MODELS))
 
 
 @register_model
