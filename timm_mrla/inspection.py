@@ -75,7 +75,7 @@ class AttentionGroup:
 def implied_weights(gates: torch.Tensor, lambdas: torch.Tensor) -> torch.Tensor:
     """Unrolled MRLA-light: gates [B, T, H], lambdas [T, C] -> weights [B, T, T, H], with
     ``weights[b, t, s, h] = gates[b, s, h] * mean_{c in h} |prod_{j=s+1..t} lambdas[j, c]|`` for s <= t, else 0."""
-    b, t_len, heads = gates.shape
+    _, t_len, heads = gates.shape
     reach = lambdas.new_zeros(t_len, t_len, lambdas.shape[-1])  # |prod_{j=s+1..t} lambda_j| per channel
     for t in range(t_len):
         product = torch.ones_like(lambdas[0])
