@@ -49,6 +49,36 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(args.model, cache_dir=args.cache_dir)
 
 
+def _attention(args: argparse.Namespace) -> int:
+    from .attention import AttentionCommandError, run_attention
+    try:
+        groups = run_attention(args.model, args.images, args.out, args.json, pretrained=not args.random_init,
+                               force=args.force)
+    except AttentionCommandError as e:
+        print(f'timm-mrla attention: error: {e}', file=sys.stderr)
+        return 2
+    print(f'wrote {args.out}' + (f' and {args.json}' if args.json else '') +
+          f': {sum(len(g.blocks) for g in groups)} MRLA blocks in {len(groups)} groups')
+    return 0
+
+
+def _add_attention_parser(commands) -> None:
+    attention = commands.add_parser(
+        'attention', help='a figure of what each MRLA block retrieves from the blocks before it, for images',
+        description='Run the model on the images (prepared with its own data config) and draw, per stage, the '
+                    'weights of each block over the earlier blocks (MRLA-base: its softmax weights; MRLA-light: '
+                    'those implied by unrolling its recurrence) and each block\'s gates per head. Needs matplotlib: '
+                    "pip install 'timm-mrla[plot]'.")
+    attention.add_argument('model', help='timm name, name.tag, hf-hub:ID or local-dir:DIR of an MRLA model')
+    attention.add_argument('images', nargs='+', metavar='IMAGE',
+                           help="image files, or skimage:NAME for scikit-image's photographs (chelsea, coffee, ...)")
+    attention.add_argument('--out', type=Path, required=True, help='the figure, e.g. attention.png')
+    attention.add_argument('--json', type=Path, help='also write the numbers, per image and head, to this file')
+    attention.add_argument('--random-init', action='store_true', help='inspect the untrained model (no weights)')
+    attention.add_argument('--force', action='store_true', help='replace an existing --out or --json file')
+    attention.set_defaults(func=_attention)
+
+
 def _zoo_sync(args: argparse.Namespace) -> int:
     from .hub.sync import main
     return main(check=args.zoo_command == 'check', manifest=args.manifest)
@@ -196,6 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     publish.add_argument('--org', required=True, help='Hub organisation (or user) to push to')
     publish.add_argument('--dry-run', action='store_true', help='only list every repository, file and size (offline)')
     publish.set_defaults(func=_zoo_publish)
+
+    _add_attention_parser(commands)
     return parser
 
 
