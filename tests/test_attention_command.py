@@ -66,7 +66,9 @@ def test_pretrained_one_channel_model_gets_grey_input(tmp_path, hub_cache):
 @pytest.mark.parametrize('args, message', [
     (['resnet10t', 'skimage:coffee', '--random-init'], 'resnet10t is not an MRLA model'),
     (['no_such_model_mrla', 'skimage:coffee'], 'not a timm model name'),
-    (['resnet50_mrla', 'skimage:coffee'], 'or --random-init'),
+    # every name has pretrained weights (resnet50_mrla: the warm start from timm's resnet50.a1_in1k), not cached here
+    (['resnet50_mrla', 'skimage:coffee'],
+     "cannot load resnet50_mrla: cannot download 'model.safetensors' of timm/resnet50.a1_in1k"),
     (['resnet18_mrla.no_such_tag', 'skimage:coffee'], 'or --random-init'),
     (['local-dir:no_such_folder', 'skimage:coffee'], 'cannot load local-dir:no_such_folder'),
     (['resnet18_mrla', 'missing.png', '--random-init'], 'missing.png: no such image file'),

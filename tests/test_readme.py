@@ -6,8 +6,8 @@ From README.md and hub/README.md, whatever sections they have:
   (placeholders such as DIR or ORG are just arguments; ``[...]`` marks optional parts; a bare command name in the
   prose is a mention, not a command);
 * the cheap ones in ```bash blocks, those starting with one of ``RUN_PREFIXES`` and needing no token (no
-  ``HF_TOKEN=``), run in a scratch folder, in document order, and must succeed; the checkpoint the README converts is made there first from the authors'
-  key list (``synthetic_checkpoints``);
+  ``HF_TOKEN=``), run in a scratch folder and must succeed: first the ``convert`` commands (on a checkpoint made
+  there from the authors' key list, ``synthetic_checkpoints``), then the others in document order;
 * every model name in a ``timm.create_model('...')`` of a python block is a registered model and tag.
 """
 import re

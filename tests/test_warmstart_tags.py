@@ -65,7 +65,8 @@ def test_what_the_untagged_name_loads():
         default_zoo = [w.tag for w in zoo() if w.model == name and w.default]
         base_default = timm.models.get_pretrained_cfg(BASE_MODELS[name]).tag
         assert timm.models.get_pretrained_cfg(name).tag == (default_zoo + [f'{base_default}_warmstart'])[0], name
-    assert timm.models.get_pretrained_cfg('tf_efficientnet_lite0_mrla').tag == 'in1k_warmstart'  # the zoo's, with sha256
+    # the zoo's published warm start, with its sha256
+    assert timm.models.get_pretrained_cfg('tf_efficientnet_lite0_mrla').tag == 'in1k_warmstart'
     assert timm.models.get_pretrained_cfg('resnet50_mrla').tag == 'a1_in1k_warmstart'
     assert timm.models.get_pretrained_cfg('resnet18_mrla').tag == 'a1_in1k_warmstart'  # not .fmnist
 

@@ -20,8 +20,9 @@ HUB_ORG_ENV = 'TIMM_MRLA_HUB_ORG'
 WEIGHTS_FILE = 'model.safetensors'
 MANIFEST_PATH = Path(str(files(__package__) / 'manifest.json'))
 
-__all__ = ['HUB_ORG_ENV', 'WEIGHTS_FILE', 'MANIFEST_PATH', 'Metric', 'ZooWeight', 'WarmStart', 'hub_org', 'parse_manifest',
-           'zoo', 'find_weight', 'warm_starts', 'warm_start_named', 'pretrained_cfgs', 'architecture_cfg']
+__all__ = ['HUB_ORG_ENV', 'WEIGHTS_FILE', 'MANIFEST_PATH', 'Metric', 'ZooWeight', 'WarmStart', 'hub_org',
+           'parse_manifest', 'zoo', 'find_weight', 'warm_starts', 'warm_start_named', 'pretrained_cfgs',
+           'architecture_cfg']
 
 
 @dataclass(frozen=True)

@@ -62,6 +62,32 @@ def remap_state_dict(
     return out
 
 
+def zero_mrla_inputs(model: nn.Module) -> int:
+    """Zero the weight and bias of every norm feeding an MRLA branch; returns how many there were."""
+    count = 0
+    for name, module in model.named_modules():
+        if name.rsplit('.', 1)[-1] in MRLA_INPUT_NORMS:
+            nn.init.zeros_(module.weight)
+            nn.init.zeros_(module.bias)
+            count += 1
+    return count
+
+
+def is_mrla_key(key: str) -> bool:
+    return 'mrla' in key
+
+
+def with_mrla_switched_off(state_dict: Dict[str, torch.Tensor], model: nn.Module) -> Dict[str, torch.Tensor]:
+    """A state dict of the timm model an MRLA model extends (no MRLA key in it) completed into a warm start:
+    the MRLA layers' weights from ``init_mrla_hashed`` (the same bytes wherever built) and their input norms at
+    zero, so the model computes exactly the base model. Any other state dict passes through unchanged."""
+    if any(is_mrla_key(k) for k in state_dict):
+        return state_dict
+    init_mrla_hashed(model)
+    zero_mrla_inputs(model)
+    return dict(state_dict, **{k: v for k, v in model.state_dict().items() if is_mrla_key(k)})
+
+
 def first_keys(keys: List[str]) -> str:
     """The first few of ``keys``, and how many more there are."""
     more = f' (and {len(keys) - _SHOWN_KEYS} more)' if len(keys) > _SHOWN_KEYS else ''
@@ -134,32 +160,6 @@ class AuthorsLayoutMixin:
                     '--model NAME --out DIR`, which takes the sizes from the checkpoint and names what does not fit.')
             state_dict = mapped
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
-
-
-def zero_mrla_inputs(model: nn.Module) -> int:
-    """Zero the weight and bias of every norm feeding an MRLA branch; returns how many there were."""
-    count = 0
-    for name, module in model.named_modules():
-        if name.rsplit('.', 1)[-1] in MRLA_INPUT_NORMS:
-            nn.init.zeros_(module.weight)
-            nn.init.zeros_(module.bias)
-            count += 1
-    return count
-
-
-def is_mrla_key(key: str) -> bool:
-    return 'mrla' in key
-
-
-def with_mrla_switched_off(state_dict: Dict[str, torch.Tensor], model: nn.Module) -> Dict[str, torch.Tensor]:
-    """A state dict of the timm model an MRLA model extends (no MRLA key in it) completed into a warm start:
-    the MRLA layers' weights from ``init_mrla_hashed`` (the same bytes wherever built) and their input norms at
-    zero, so the model computes exactly the base model. Any other state dict passes through unchanged."""
-    if any(is_mrla_key(k) for k in state_dict):
-        return state_dict
-    init_mrla_hashed(model)
-    zero_mrla_inputs(model)
-    return dict(state_dict, **{k: v for k, v in model.state_dict().items() if is_mrla_key(k)})
 
 
 def lambda_no_weight_decay(model: nn.Module) -> set:

@@ -30,8 +30,8 @@ from timm.models.vision_transformer import checkpoint_filter_fn as vit_checkpoin
 
 from timm_mrla.layers import MRLABase, MRLALight
 from timm_mrla.hub import pretrained_cfgs
-from ._helpers import AuthorsLayoutMixin, build_mrla_model, lambda_no_weight_decay, remap_state_dict, \
-    with_mrla_switched_off
+from ._helpers import (AuthorsLayoutMixin, build_mrla_model, lambda_no_weight_decay, remap_state_dict,
+                       with_mrla_switched_off)
 
 __all__ = ['MRLAVisionTransformer', 'MRLABaseVisionTransformer', 'MRLALightBlock', 'MRLABaseBlock']
 
@@ -246,8 +246,8 @@ class MRLABaseVisionTransformer(MRLAVisionTransformer):
 
 
 def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: nn.Module) -> Dict[str, torch.Tensor]:
-    """Map a state dict of the authors' ``ViT_mrlal`` / ``ViT_mrlab`` (deit/main.py) onto ours; the base timm model's weights become a warm
-    start (``with_mrla_switched_off``)."""
+    """Map a state dict of the authors' ``ViT_mrlal`` / ``ViT_mrlab`` (deit/main.py) onto ours; the base timm
+    model's weights become a warm start (``with_mrla_switched_off``)."""
     # then timm's ViT filter, as for timm's DeiT: position embeddings resampled for another img_size
     state_dict = vit_checkpoint_filter_fn(remap_state_dict(state_dict, model, _AUTHORS_KEY_RULES), model)
     return with_mrla_switched_off(state_dict, model)

@@ -24,8 +24,8 @@ from timm.models._efficientnet_builder import (
 
 from timm_mrla.layers import MRLALight, add_mrla_light
 from timm_mrla.hub import pretrained_cfgs
-from ._helpers import AuthorsLayoutMixin, build_mrla_model, lambda_no_weight_decay, remap_state_dict, \
-    with_mrla_switched_off
+from ._helpers import (AuthorsLayoutMixin, build_mrla_model, lambda_no_weight_decay, remap_state_dict,
+                       with_mrla_switched_off)
 
 __all__ = ['MRLAEfficientNet', 'MRLAInvertedResidual']
 
@@ -95,8 +95,8 @@ class MRLAEfficientNet(AuthorsLayoutMixin, EfficientNet):
 
 
 def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: nn.Module) -> Dict[str, torch.Tensor]:
-    """Map a state dict of the authors' ``EfficientNet_MRLA`` (timm train.py) onto ours; the base timm model's weights become a warm
-    start (``with_mrla_switched_off``)."""
+    """Map a state dict of the authors' ``EfficientNet_MRLA`` (timm train.py) onto ours; the base timm
+    model's weights become a warm start (``with_mrla_switched_off``)."""
     return with_mrla_switched_off(remap_state_dict(state_dict, model, _AUTHORS_KEY_RULES), model)
 
 

@@ -26,8 +26,8 @@ from timm.models import BasicBlock, Bottleneck, ResNet, build_model_with_cfg, ge
 
 from timm_mrla.layers import MRLABase, MRLALight, add_mrla_light
 from timm_mrla.hub import pretrained_cfgs
-from ._helpers import AuthorsLayoutMixin, build_mrla_model, lambda_no_weight_decay, remap_state_dict, \
-    with_mrla_switched_off
+from ._helpers import (AuthorsLayoutMixin, build_mrla_model, lambda_no_weight_decay, remap_state_dict,
+                       with_mrla_switched_off)
 
 __all__ = ['MRLAResNet', 'MRLABaseResNet', 'MRLABasicBlock', 'MRLABottleneck', 'MRLABaseBottleneck']
 
@@ -219,8 +219,8 @@ class MRLABaseResNet(MRLAResNet):
 
 
 def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: nn.Module) -> Dict[str, torch.Tensor]:
-    """Map a state dict of the authors' ``ResNet_mrlal`` / ``ResNet_mrlab`` onto ours; the base timm model's weights become a warm
-    start (``with_mrla_switched_off``)."""
+    """Map a state dict of the authors' ``ResNet_mrlal`` / ``ResNet_mrlab`` onto ours; the base timm
+    model's weights become a warm start (``with_mrla_switched_off``)."""
     return with_mrla_switched_off(remap_state_dict(state_dict, model, _AUTHORS_KEY_RULES), model)
 
 
