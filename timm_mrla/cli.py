@@ -49,6 +49,36 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(args.model, cache_dir=args.cache_dir)
 
 
+def _attention(args: argparse.Namespace) -> int:
+    from .attention import AttentionCommandError, run_attention
+    try:
+        groups = run_attention(args.model, args.images, args.out, args.json, pretrained=not args.random_init,
+                               force=args.force)
+    except AttentionCommandError as e:
+        print(f'timm-mrla attention: error: {e}', file=sys.stderr)
+        return 2
+    print(f'wrote {args.out}' + (f' and {args.json}' if args.json else '') +
+          f': {sum(len(g.blocks) for g in groups)} MRLA blocks in {len(groups)} groups')
+    return 0
+
+
+def _add_attention_parser(commands) -> None:
+    attention = commands.add_parser(
+        'attention', help='a figure of what each MRLA block retrieves from the blocks before it, for images',
+        description='Run the model on the images (prepared with its own data config) and draw, per stage, the '
+                    'weights of each block over the earlier blocks (MRLA-base: its softmax weights; MRLA-light: '
+                    'those implied by unrolling its recurrence) and each block\'s gates per head. Needs matplotlib: '
+                    "pip install 'timm-mrla[plot]'.")
+    attention.add_argument('model', help='timm name, name.tag, hf-hub:ID or local-dir:DIR of an MRLA model')
+    attention.add_argument('images', nargs='+', metavar='IMAGE',
+                           help="image files, or skimage:NAME for scikit-image's photographs (chelsea, coffee, ...)")
+    attention.add_argument('--out', type=Path, required=True, help='the figure, e.g. attention.png')
+    attention.add_argument('--json', type=Path, help='also write the numbers, per image and head, to this file')
+    attention.add_argument('--random-init', action='store_true', help='inspect the untrained model (no weights)')
+    attention.add_argument('--force', action='store_true', help='replace an existing --out or --json file')
+    attention.set_defaults(func=_attention)
+
+
 def _zoo(args: argparse.Namespace) -> int:
     from .hub.sync import MANIFEST_PATH, main
     if args.action in ('sync', 'check'):
@@ -154,6 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     zoo.add_argument('--out', type=Path, help='folder: output folder; cache: the cache folder')
     zoo.add_argument('--force', action='store_true', help='folder: replace the model files in a non-empty --out')
     zoo.set_defaults(func=_zoo)
+
+    _add_attention_parser(commands)
     return parser
 
 

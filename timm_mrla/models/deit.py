@@ -29,9 +29,16 @@ from timm.models.vision_transformer import Block
 
 from timm_mrla.layers import MRLABase, MRLALight
 from timm_mrla.hub import pretrained_cfgs
-from ._helpers import build_mrla_model, lambda_no_weight_decay, remap_state_dict
+from ._helpers import AuthorsLayoutMixin, build_mrla_model, lambda_no_weight_decay, remap_state_dict
 
 __all__ = ['MRLAVisionTransformer', 'MRLABaseVisionTransformer', 'MRLALightBlock', 'MRLABaseBlock']
+
+# the authors' state-dict keys -> ours (checkpoint_filter_fn, and load_state_dict of the models)
+_AUTHORS_KEY_RULES = (
+    (r'\.mrla\.normx\.', '.norm_mrla.'),
+    (r'\.mrla\.normo\.', '.norm_mrla_prev.'),
+    (r'\.mrla\.mrla\.W([qkv])\.', lambda m: f'.mrla.{m[1].lower()}.'),
+)
 
 
 def _to_grid(tokens: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
@@ -97,12 +104,14 @@ class MRLABaseBlock(Block):
         return x + torch.cat([x_norm[:, :num_prefix_tokens], _to_tokens(out)], dim=1), key, value
 
 
-class MRLAVisionTransformer(VisionTransformer):
+class MRLAVisionTransformer(AuthorsLayoutMixin, VisionTransformer):
     """timm ``VisionTransformer`` of ``MRLALightBlock``: its blocks also receive the patch grid.
 
     Takes every ``VisionTransformer`` argument except ``patch_drop_rate``: MRLA lays the patch tokens out on
     their grid, which patch dropout would break.
     """
+
+    authors_key_rules = _AUTHORS_KEY_RULES
 
     def __init__(self, *args, block_fn=MRLALightBlock, patch_drop_rate: float = 0., **kwargs):
         if patch_drop_rate:
@@ -232,13 +241,6 @@ class MRLABaseVisionTransformer(MRLAVisionTransformer):
                 if i in take_indices:
                     intermediates.append(self.norm(x) if norm else x)
         return x, intermediates
-
-
-_AUTHORS_KEY_RULES = (
-    (r'\.mrla\.normx\.', '.norm_mrla.'),
-    (r'\.mrla\.normo\.', '.norm_mrla_prev.'),
-    (r'\.mrla\.mrla\.W([qkv])\.', lambda m: f'.mrla.{m[1].lower()}.'),
-)
 
 
 def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: nn.Module) -> Dict[str, torch.Tensor]:

@@ -24,9 +24,14 @@ from timm.models._efficientnet_builder import (
 
 from timm_mrla.layers import MRLALight, add_mrla_light
 from timm_mrla.hub import pretrained_cfgs
-from ._helpers import build_mrla_model, lambda_no_weight_decay, remap_state_dict
+from ._helpers import AuthorsLayoutMixin, build_mrla_model, lambda_no_weight_decay, remap_state_dict
 
 __all__ = ['MRLAEfficientNet', 'MRLAInvertedResidual']
+
+# the authors' state-dict keys -> ours (checkpoint_filter_fn, and load_state_dict of the models)
+_AUTHORS_KEY_RULES = (
+    (r'\.mrla\.mla\.W([qkv])\.', lambda m: f'.mrla.{m[1].lower()}.'),
+)
 
 
 class MRLAInvertedResidual(InvertedResidual):
@@ -71,8 +76,10 @@ class MRLAInvertedResidual(InvertedResidual):
         return add_mrla_light(x, shortcut, self.mrla, self.bn_mrla, self.drop_path_mrla)
 
 
-class MRLAEfficientNet(EfficientNet):
+class MRLAEfficientNet(AuthorsLayoutMixin, EfficientNet):
     """timm ``EfficientNet`` whose inverted-residual blocks with a skip connection carry MRLA-light."""
+
+    authors_key_rules = _AUTHORS_KEY_RULES
 
     def __init__(self, *args, mrla_num_heads: int = 8, **kwargs):
         super().__init__(*args, **kwargs)
@@ -84,11 +91,6 @@ class MRLAEfficientNet(EfficientNet):
     @torch.jit.ignore
     def no_weight_decay(self):
         return lambda_no_weight_decay(self)
-
-
-_AUTHORS_KEY_RULES = (
-    (r'\.mrla\.mla\.W([qkv])\.', lambda m: f'.mrla.{m[1].lower()}.'),
-)
 
 
 def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: nn.Module) -> Dict[str, torch.Tensor]:
