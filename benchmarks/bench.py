@@ -9,7 +9,8 @@ For each pair, all models are built in one process (a fresh one per pair) and ti
 timm base model, the MRLA model with its layers in their literal reference form, and the authors' model
 when ``--authors-repo`` is given), so that machine noise falls on all of them alike; each figure is the
 median over the repeats. A training step is forward, backward and an SGD update. Ratios are throughputs
-relative to the timm base model (> 1 is faster). Memory is, on CUDA, the peak allocated during a
+relative to the timm base model (> 1 is faster); memory ratios are the MRLA model's over the base model's and
+the authors' (< 1 is less). Memory is, on CUDA, the peak allocated during a
 training step; on the CPU, the bytes autograd keeps for backward in one training step (what grows with
 depth, e.g. an MRLA-base key/value cache). The markdown table goes to stdout and ``--out``.
 """
@@ -157,11 +158,18 @@ def fmt_ratio(row: dict, phase: str, other: str) -> str:
     return f"{row[f'{phase}_mrla'] / row[key]:.2f}" if key in row else '-'
 
 
+def fmt_memory(row: dict, other: str) -> str:
+    """The MRLA model's training memory over another model's (< 1 is less)."""
+    key = f'mem_{other}'
+    return f"{row['mem_mrla'] / row[key]:.2f}" if key in row else '-'
+
+
 def table(rows: List[dict]) -> str:
     lines = [
         '| model | timm base | mode | infer img/s (MRLA / base) | infer vs base | vs reference | vs authors '
-        '| train img/s (MRLA / base) | train vs base | vs reference | vs authors | train memory MB (MRLA / base / ref) |',
-        '|---|---|---|---|---|---|---|---|---|---|---|---|',
+        '| train img/s (MRLA / base) | train vs base | vs reference | vs authors | train memory MB (MRLA / base / ref) '
+        '| memory vs base | vs authors |',
+        '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|',
     ]
     for r in rows:
         lines.append(
@@ -169,7 +177,8 @@ def table(rows: List[dict]) -> str:
             f"| {fmt_ratio(r, 'infer', 'base')} | {fmt_ratio(r, 'infer', 'reference')} | {fmt_ratio(r, 'infer', 'authors')} "
             f"| {r['train_mrla']:.1f} / {r['train_base']:.1f} | {fmt_ratio(r, 'train', 'base')} "
             f"| {fmt_ratio(r, 'train', 'reference')} | {fmt_ratio(r, 'train', 'authors')} "
-            f"| {r['mem_mrla']:.0f} / {r['mem_base']:.0f} / {r['mem_reference']:.0f} |")
+            f"| {r['mem_mrla']:.0f} / {r['mem_base']:.0f} / {r['mem_reference']:.0f} "
+            f"| {fmt_memory(r, 'base')} | {fmt_memory(r, 'authors')} |")
     return '\n'.join(lines)
 
 
@@ -218,7 +227,8 @@ def main():
             if row:
                 rows.append(row)
                 print(f"{name} [{mode}] infer x{fmt_ratio(row, 'infer', 'base')} train x{fmt_ratio(row, 'train', 'base')} "
-                      f"(vs reference x{fmt_ratio(row, 'infer', 'reference')} / x{fmt_ratio(row, 'train', 'reference')})",
+                      f"(vs reference x{fmt_ratio(row, 'infer', 'reference')} / x{fmt_ratio(row, 'train', 'reference')}) "
+                      f"memory x{fmt_memory(row, 'base')}",
                       file=sys.stderr, flush=True)
     text = (f"Command: `python benchmarks/bench.py {' '.join(sys.argv[1:])}`\n\n"
             f"Machine: {machine(device)}; batch {args.batch_size}, {args.img_size}x{args.img_size}, "

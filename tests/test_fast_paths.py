@@ -1,4 +1,7 @@
 """Every optimised path equals the literal reference form: forward and gradients, layer and model."""
+import contextlib
+import copy
+
 import pytest
 import timm
 import torch
@@ -90,29 +93,41 @@ MODELS = ['resnet18_mrla', 'resnet50_mrla', 'resnet50_mrla_base', 'efficientnet_
           'deit_tiny_mrla_base']
 
 
+def _output_and_grads(model, x, reference: bool):
+    params = list(model.parameters())
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with reference_mode(model) if reference else contextlib.nullcontext():
+        out = model(x)
+        grads = _grads(out, params)
+    model.load_state_dict(state)  # training mode moved the running statistics
+    return out, grads
+
+
+def _distance(a, b) -> float:
+    """Relative distance of ``a`` (output, grads) from ``b``, measured in float64."""
+    flat = [torch.cat([a[0].flatten(), *[g.flatten() for g in a[1]]]).double() for a in (a, b)]
+    return float(torch.linalg.vector_norm(flat[0] - flat[1]) / torch.linalg.vector_norm(flat[1]))
+
+
 @pytest.mark.parametrize('name', MODELS)
 @pytest.mark.parametrize('train', [False, True])
-@pytest.mark.parametrize('dtype, tol', [(torch.float64, 1e-10), (torch.float32, 1e-4)])
-def test_models_equal_their_reference_form(name, train, dtype, tol):
-    """Same math (float64, to 1e-10) and the same result in float32 (to 1e-4), outputs and all gradients."""
+def test_models_equal_their_reference_form(name, train):
+    """Same math: float64 outputs and all gradients to 1e-10. Same result in float32: at most 1e-4 from the
+    float64 result, or, where the float32 reference form itself strays further (a training-mode ResNet-50 on
+    a batch of 2 amplifies rounding through its batch statistics to ~5e-3), no further than it does."""
     torch.manual_seed(0)
-    model = timm.create_model(name, num_classes=10, drop_path_rate=0., dtype=dtype)
+    model = timm.create_model(name, num_classes=10, drop_path_rate=0.)
     for module in model.modules():  # trained-looking statistics, so the eval fold has work to do
         if isinstance(module, nn.BatchNorm2d):
             _trained_bn(module)
     model.train(train)
     size = 224 if name.startswith('deit') else 96
-    x = torch.randn(2, 3, size, size, dtype=dtype)
-    params = [p for p in model.parameters()]
-    state = {k: v.clone() for k, v in model.state_dict().items()}
-    out = model(x)
-    grads = _grads(out, params)
-    model.load_state_dict(state)  # training mode moved the running statistics
-    with reference_mode(model):
-        ref = model(x)
-        ref_grads = _grads(ref, params)
-    assert_rel_close(out, ref, tol)
-    assert_rel_close(grads, ref_grads, tol)
+    x = torch.randn(2, 3, size, size)
+    model64 = copy.deepcopy(model).double()
+    truth = _output_and_grads(model64, x.double(), reference=True)
+    assert _distance(_output_and_grads(model64, x.double(), reference=False), truth) <= 1e-10
+    reference_error = _distance(_output_and_grads(model, x, reference=True), truth)
+    assert _distance(_output_and_grads(model, x, reference=False), truth) <= max(1e-4, 1.5 * reference_error)
 
 
 def test_reference_mode_is_undone():

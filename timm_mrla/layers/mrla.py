@@ -20,6 +20,8 @@ import torch.nn as nn
 import torch.fx
 import torch.nn.functional as F
 
+from .light_train import light_branch_applies, light_branch_train
+
 __all__ = ['eca_kernel_size', 'MRLALight', 'MRLABase', 'batchnorm_affine', 'add_mrla_light']
 
 
@@ -196,14 +198,20 @@ def batchnorm_affine(norm: nn.Module) -> Optional[Tuple[torch.Tensor, torch.Tens
 
 
 def add_mrla_light(x: torch.Tensor, prev: torch.Tensor, mrla: MRLALight, norm: nn.Module,
-                   drop_path: nn.Module) -> torch.Tensor:
+                   drop_path: nn.Module, prev_source: Optional[Tuple[torch.Tensor, nn.Module]] = None
+                   ) -> torch.Tensor:
     """``x + drop_path(norm(mrla(x, prev)))``, the MRLA-light branch of the CNN blocks.
 
     At inference an eval-mode BatchNorm folds into the layer (``MRLALight.forward_folded``), FX-traced models
-    included. TorchScript-ed blocks write the expression out, and torch.compile fuses it, plainly.
+    included. In training the branch runs as one unit that recomputes its intermediates in backward instead of
+    storing them (``light_branch_train``, which also explains ``prev_source``). TorchScript-ed blocks write the expression out, and torch.compile
+    fuses it, plainly.
     """
     if not drop_path.training and not torch.compiler.is_compiling():
         affine = batchnorm_affine(norm)
         if affine is not None:
             return mrla.forward_folded(x, prev, *affine)
+    if drop_path.training and not torch.compiler.is_compiling() and light_branch_applies(x, prev, mrla, norm,
+                                                                                          drop_path):
+        return light_branch_train(x, prev, mrla, norm, drop_path, prev_source)
     return x + drop_path(norm(mrla(x, prev)))

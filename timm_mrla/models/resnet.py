@@ -14,7 +14,7 @@ Authors' code: https://github.com/joyfang1106/MRLA
 ``drop_path_rate`` is applied as the authors do: one constant rate on the MRLA branch only, no stochastic
 depth on the residual branch.
 """
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -36,6 +36,21 @@ _AUTHORS_KEY_RULES = (
     (r'^stages\.(\d+)\.', lambda m: f'layer{int(m[1]) + 1}.'),  # MRLA-base keeps its stages in a list
     (r'\.mrla\.mrla\.W([qkv])\.', lambda m: f'.mrla.{m[1].lower()}.'),
 )
+
+
+def _projected_shortcut(downsample: Optional[nn.Module], x: torch.Tensor
+                        ) -> Tuple[torch.Tensor, Optional[Tuple[torch.Tensor, nn.Module]]]:
+    """A block's shortcut and, when its downsample projection ends in a BatchNorm, that norm's input and the norm
+    (``add_mrla_light``'s ``prev_source``: the MRLA training path then recomputes the shortcut in backward from
+    the input the norm keeps anyway, instead of keeping the shortcut too)."""
+    if downsample is None:
+        return x, None
+    if not isinstance(downsample, nn.Sequential) or not isinstance(downsample[-1], nn.BatchNorm2d) \
+            or downsample._forward_hooks or downsample._forward_pre_hooks:
+        return downsample(x), None
+    for layer in downsample[:-1]:
+        x = layer(x)
+    return downsample[-1](x), (x, downsample[-1])
 
 
 class MRLABasicBlock(BasicBlock):
@@ -66,7 +81,11 @@ class MRLABasicBlock(BasicBlock):
         self.drop_path_mrla = DropPath(mrla_drop_path) if mrla_drop_path > 0. else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shortcut = x if self.downsample is None else self.downsample(x)
+        if torch.jit.is_scripting():
+            shortcut = x if self.downsample is None else self.downsample(x)
+            prev_source = None
+        else:
+            shortcut, prev_source = _projected_shortcut(self.downsample, x)
         out = self.conv1(x)
         out = self.bn1(out)
         out = self.drop_block(out)
@@ -81,7 +100,7 @@ class MRLABasicBlock(BasicBlock):
         out = self.act2(out + shortcut)
         if torch.jit.is_scripting():
             return out + self.drop_path_mrla(self.bn_mrla(self.mrla(out, shortcut)))
-        return add_mrla_light(out, shortcut, self.mrla, self.bn_mrla, self.drop_path_mrla)
+        return add_mrla_light(out, shortcut, self.mrla, self.bn_mrla, self.drop_path_mrla, prev_source)
 
 
 class MRLABottleneck(Bottleneck):
@@ -110,9 +129,10 @@ class MRLABottleneck(Bottleneck):
     def _make_mrla(dim: int, head_dim: int, dd: Dict[str, Any]) -> nn.Module:
         return MRLALight(dim, head_dim=head_dim, **dd)
 
-    def residual(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """The plain bottleneck: returns its activated output and the (projected) shortcut."""
-        shortcut = x if self.downsample is None else self.downsample(x)
+    def residual(self, x: torch.Tensor, shortcut: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The plain bottleneck: returns its activated output and the (projected, unless given) shortcut."""
+        if shortcut is None:
+            shortcut = x if self.downsample is None else self.downsample(x)
         out = self.conv1(x)
         out = self.bn1(out)
         out = self.act1(out)
@@ -130,10 +150,12 @@ class MRLABottleneck(Bottleneck):
         return self.act3(out + shortcut), shortcut
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out, shortcut = self.residual(x)
         if torch.jit.is_scripting():
+            out, shortcut = self.residual(x)
             return out + self.drop_path_mrla(self.bn_mrla(self.mrla(out, shortcut)))
-        return add_mrla_light(out, shortcut, self.mrla, self.bn_mrla, self.drop_path_mrla)
+        shortcut, prev_source = _projected_shortcut(self.downsample, x)
+        out, _ = self.residual(x, shortcut)
+        return add_mrla_light(out, shortcut, self.mrla, self.bn_mrla, self.drop_path_mrla, prev_source)
 
 
 class MRLABaseBottleneck(MRLABottleneck):

@@ -1,0 +1,269 @@
+"""The training path of the MRLA-light branch (``timm_mrla.layers.light_train``) equals the plain modules and the
+literal reference form: outputs, every gradient, BatchNorm running statistics, drop-path, and under gradient
+checkpointing, torch.compile, FX, TorchScript and bf16 autocast; and it keeps only ``x`` and ``prev``."""
+import copy
+
+import pytest
+import timm
+import torch
+import torch.nn as nn
+from timm.layers import BatchNormAct2d, DropPath
+
+import timm_mrla  # noqa: F401
+from timm_mrla.layers import MRLALight, add_mrla_light, mrla_light_reference, reference_mode
+from timm_mrla.layers.light_train import light_branch_applies
+from timm_mrla.models.resnet import MRLABasicBlock
+from test_fast_paths import _saved_bytes
+
+FP32_TOL = 1e-5
+
+
+def rel_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(torch.linalg.vector_norm((a - b).double()) / torch.linalg.vector_norm(b.double()))
+
+
+def _branch(channels=64, momentum=0.1, affine=True, track=True, drop=0., norm_cls=nn.BatchNorm2d, seed=0):
+    torch.manual_seed(seed)
+    layer = MRLALight(channels, head_dim=16)
+    norm = norm_cls(channels, momentum=momentum, affine=affine, track_running_stats=track)
+    if affine:
+        with torch.no_grad():
+            norm.weight.uniform_(0.5, 1.5)
+            norm.bias.uniform_(-0.5, 0.5)
+    return layer, norm, DropPath(drop) if drop else nn.Identity()
+
+
+def _inputs(step, shape=(4, 64, 7, 9), memory_format=torch.contiguous_format):
+    generator = torch.Generator().manual_seed(100 + step)
+    x = torch.randn(shape, generator=generator).relu().contiguous(memory_format=memory_format).requires_grad_()
+    prev = torch.randn(shape, generator=generator).contiguous(memory_format=memory_format).requires_grad_()
+    return x, prev, torch.randn(shape, generator=generator)
+
+
+def _steps(branch, fn, steps=3, **input_kwargs):
+    """Outputs and gradients (x, prev, every parameter) of ``steps`` training steps of one branch."""
+    layer, norm, drop_path = branch
+    results = []
+    for step in range(steps):
+        x, prev, weights = _inputs(step, **input_kwargs)
+        torch.manual_seed(7 + step)  # drop-path masks
+        out = fn(x, prev, layer, norm, drop_path)
+        tensors = [x, prev, *layer.parameters(), *norm.parameters()]
+        results.append([out, *torch.autograd.grad((out * weights).sum(), tensors)])
+    return results
+
+
+def _reference(x, prev, layer, norm, drop_path):
+    return x + drop_path(norm(mrla_light_reference(layer, x, prev)))
+
+
+def _assert_steps_close(results, expected, tol):
+    for step, (got, want) in enumerate(zip(results, expected)):
+        for i, (a, b) in enumerate(zip(got, want)):
+            assert rel_error(a, b) <= tol, f'step {step}, tensor {i}: relative error {rel_error(a, b):.1e}'
+
+
+def _assert_same_statistics(norm, ref_norm):
+    for name in ('running_mean', 'running_var'):
+        a, b = getattr(norm, name), getattr(ref_norm, name)
+        if b is None:
+            assert a is None
+        else:
+            assert rel_error(a, b) <= FP32_TOL, name
+    if ref_norm.num_batches_tracked is not None:
+        assert int(norm.num_batches_tracked) == int(ref_norm.num_batches_tracked)
+
+
+@pytest.mark.parametrize('config', [
+    dict(),
+    dict(momentum=None),  # cumulative moving average
+    dict(affine=False),
+    dict(track=False),
+    dict(drop=0.4),
+    dict(norm_cls=lambda c, **kw: BatchNormAct2d(c, apply_act=False, **kw)),
+])
+@pytest.mark.parametrize('memory_format', [torch.contiguous_format, torch.channels_last])
+def test_training_path_equals_reference(config, memory_format):
+    """fp32, several steps: outputs, gradients of x, prev and every parameter, and the running statistics."""
+    branch, ref_branch = _branch(**config), _branch(**config)
+    x, prev, _ = _inputs(0, memory_format=memory_format)
+    assert light_branch_applies(x, prev, *branch)
+    results = _steps(branch, add_mrla_light, memory_format=memory_format)
+    expected = _steps(ref_branch, _reference, memory_format=memory_format)
+    _assert_steps_close(results, expected, FP32_TOL)
+    _assert_same_statistics(branch[1], ref_branch[1])
+    assert results[0][0].is_contiguous(memory_format=memory_format)
+
+
+def test_drop_path_drops_samples_as_timm_does():
+    """With a high rate some samples of the batch lose the branch (and its gradient) exactly as timm's DropPath."""
+    branch, ref_branch = _branch(drop=0.7), _branch(drop=0.7)
+    (out, grad_x, *_), = _steps(branch, add_mrla_light, steps=1, shape=(16, 64, 5, 5))
+    (ref_out, *_), = _steps(ref_branch, _reference, steps=1, shape=(16, 64, 5, 5))
+    x, _, _ = _inputs(0, shape=(16, 64, 5, 5))
+    dropped = [b for b in range(16) if torch.equal(ref_out[b], x[b])]
+    assert 0 < len(dropped) < 16
+    assert all(torch.equal(out[b], x[b]) for b in dropped)
+    assert rel_error(out, ref_out) <= FP32_TOL
+
+
+def test_training_path_keeps_only_x_and_prev():
+    layer, norm, drop_path = _branch(drop=0.2)
+    x, prev, _ = _inputs(0, shape=(4, 64, 16, 16))
+    maps = x.numel() * x.element_size()
+    fast = _saved_bytes(lambda: add_mrla_light(x, prev, layer, norm, drop_path))
+    plain = _saved_bytes(lambda: x + drop_path(norm(layer(x, prev))))
+    assert 2 * maps <= fast < 2 * maps + 64 * 1024  # x, prev and per-channel vectors
+    assert plain >= 4 * maps
+
+
+@pytest.mark.parametrize('make_norm, why', [
+    (lambda c: nn.GroupNorm(4, c), 'not a BatchNorm'),
+    (lambda c: BatchNormAct2d(c, act_layer=nn.ReLU), 'an activation inside the norm'),
+    (lambda c: nn.BatchNorm2d(c).eval(), 'running statistics in a training model'),
+])
+def test_other_norms_take_the_plain_modules(make_norm, why):
+    layer, norm = MRLALight(32, head_dim=8), make_norm(32)
+    x, prev = torch.randn(2, 32, 5, 5), torch.randn(2, 32, 5, 5)
+    assert not light_branch_applies(x, prev, layer, norm, nn.Identity()), why
+    out = add_mrla_light(x, prev, layer, norm, nn.Identity())
+    torch.testing.assert_close(out, x + norm(mrla_light_reference(layer, x, prev)))
+
+
+def test_observed_modules_take_the_plain_modules():
+    """A forward hook on the layer still fires, and ``reference_mode`` still computes the literal form."""
+    layer, norm, drop_path = _branch()
+    x, prev, _ = _inputs(0)
+    calls = []
+    handle = layer.register_forward_hook(lambda *args: calls.append(1))
+    assert not light_branch_applies(x, prev, layer, norm, drop_path)
+    add_mrla_light(x, prev, layer, norm, drop_path)
+    handle.remove()
+    assert calls == [1]
+    with reference_mode(layer):
+        assert not light_branch_applies(x, prev, layer, norm, drop_path)
+
+
+def test_bf16_autocast_within_bf16_tolerance():
+    """Under CPU bf16 autocast the path runs in bf16, as the plain modules do, and stays within bf16 rounding of
+    the float32 reference form."""
+    branch, ref_branch = _branch(drop=0.2), _branch(drop=0.2)
+    x, prev, weights = _inputs(0)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        xb, pb = x.detach().bfloat16().requires_grad_(), prev.detach().bfloat16().requires_grad_()
+        assert light_branch_applies(xb, pb, *branch)
+        torch.manual_seed(7)
+        out = add_mrla_light(xb, pb, *branch)
+    assert out.dtype == torch.bfloat16
+    grads = torch.autograd.grad((out.float() * weights).sum(), [xb, pb, *branch[0].parameters()])
+    torch.manual_seed(7)
+    ref = _reference(x, prev, *ref_branch)
+    ref_grads = torch.autograd.grad((ref * weights).sum(), [x, prev, *ref_branch[0].parameters()])
+    assert rel_error(out.float(), ref) <= 2e-2
+    for g, g_ref in zip(grads, ref_grads):
+        assert rel_error(g.float(), g_ref) <= 5e-2
+    assert rel_error(branch[1].running_mean, ref_branch[1].running_mean) <= 2e-2
+
+
+def _block(seed=0):
+    torch.manual_seed(seed)
+    block = MRLABasicBlock(32, 32, mrla_head_dim=8, mrla_drop_path=0.3).double().train()
+    with torch.no_grad():
+        block.bn2.weight.uniform_(0.5, 1.5)  # timm zero-inits it, which would hide the residual branch
+    return block
+
+
+def _block_step(block, x, weights, fn=None):
+    torch.manual_seed(3)
+    out = (block if fn is None else fn)(x)
+    grads = torch.autograd.grad((out * weights).sum(), [x, *block.parameters()])
+    return [out, *grads]
+
+
+def _block_case():
+    generator = torch.Generator().manual_seed(5)
+    x = torch.randn(4, 32, 8, 8, generator=generator, dtype=torch.float64).requires_grad_()
+    return x, torch.randn(4, 32, 8, 8, generator=generator, dtype=torch.float64)
+
+
+def _assert_blocks_equal(block, ref_block, got, want, tol=1e-10):
+    for a, b in zip(got, want):
+        assert rel_error(a, b) <= tol
+    _assert_same_statistics(block.bn_mrla, ref_block.bn_mrla)
+
+
+def test_gradient_checkpointing():
+    """Checkpointed (the branch recomputed in backward, statistics updated again as nn.BatchNorm2d's are) equals
+    the checkpointed reference form."""
+    from torch.utils.checkpoint import checkpoint
+    block, ref_block = _block(), _block()
+    x, weights = _block_case()
+    got = _block_step(block, x, weights, lambda t: checkpoint(block, t, use_reentrant=False))
+    with reference_mode(ref_block):
+        want = _block_step(ref_block, x, weights, lambda t: checkpoint(ref_block, t, use_reentrant=False))
+    _assert_blocks_equal(block, ref_block, got, want)
+
+
+def test_fx_traced_block_runs_the_training_path():
+    block, ref_block = _block(), _block()
+    traced = torch.fx.symbolic_trace(block)
+    assert any(node.op == 'call_function' and node.target.__name__ == '_light_branch'
+               for node in traced.graph.nodes)
+    x, weights = _block_case()
+    got = _block_step(block, x, weights, traced)
+    with reference_mode(ref_block):
+        want = _block_step(ref_block, x, weights)
+    _assert_blocks_equal(block, ref_block, got, want)
+
+
+def test_torchscript_block_equals_the_training_path():
+    """Scripting writes the branch out plainly; it computes what the training path does."""
+    block = _block()
+    scripted, eager = torch.jit.script(copy.deepcopy(block)), block
+    x, weights = _block_case()
+    got = _block_step(eager, x, weights)
+    want = _block_step(scripted, x, weights, scripted)
+    for a, b in zip(got, want):
+        assert rel_error(a, b) <= 1e-10
+    _assert_same_statistics(eager.bn_mrla, scripted.bn_mrla)
+
+
+def test_torch_compile_of_a_training_model():
+    """torch.compile traces the plain modules (Inductor fuses them) and matches the eager training path."""
+    block, compiled_block = _block(), _block()
+    compiled = torch.compile(compiled_block, backend='aot_eager', fullgraph=True)
+    x, weights = _block_case()
+    got = _block_step(compiled_block, x, weights, compiled)
+    want = _block_step(block, x, weights)
+    _assert_blocks_equal(compiled_block, block, got, want)
+
+
+def test_model_training_steps_equal_reference():
+    """resnet18_mrla, float64, drop-path on: two SGD steps give the reference form's outputs, weights and
+    running statistics."""
+    torch.manual_seed(0)
+    model = timm.create_model('resnet18_mrla', num_classes=5, drop_path_rate=0.3).double().train()
+    ref_model = copy.deepcopy(model)
+    x = torch.randn(4, 3, 32, 32, dtype=torch.float64)
+    target = torch.tensor([0, 1, 2, 3])
+
+    def train(m):
+        optimizer = torch.optim.SGD(m.parameters(), lr=0.1)
+        outs = []
+        for step in range(2):
+            torch.manual_seed(step)
+            out = m(x)
+            nn.functional.cross_entropy(out, target).backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            outs.append(out.detach())
+        return outs
+    outs = train(model)
+    with reference_mode(ref_model):
+        ref_outs = train(ref_model)
+    for a, b in zip(outs, ref_outs):
+        assert rel_error(a, b) <= 1e-10
+    state, ref_state = model.state_dict(), ref_model.state_dict()
+    for key in state:
+        # absolute slack for parameters whose gradient is zero up to rounding (~1e-18)
+        torch.testing.assert_close(state[key], ref_state[key], rtol=1e-10, atol=1e-12, msg=key)

@@ -1,0 +1,166 @@
+"""The training path of the MRLA-light branch of the CNN blocks: ``x + drop_path(BN(mrla_light(x, prev)))``.
+
+Autograd would keep, per block, the value ``dwconv(x)``, the pre-norm sum, the normalised map and a product
+or two: several feature maps for a branch whose arithmetic is a depthwise convolution and a few per-channel
+multiplies. ``_LightBranch`` computes the branch as one unit and keeps only ``x`` and ``prev`` (both kept by
+the block anyway) and per-channel / per-sample vectors; its backward recomputes the value and the pre-norm
+sum, which costs one depthwise convolution and a pass, less than storing them costs in memory traffic.
+
+The per-head gate stays outside, in autograd: it is [B, C] and its own small graph (pooling, Conv1d, sigmoid)
+carries its gradient back to ``x`` and the query/key weights. BatchNorm runs through torch's own kernels
+(``native_batch_norm`` and its backward), so batch statistics and running-statistics updates are those of
+``nn.BatchNorm2d``; drop-path draws its mask as timm's ``DropPath`` does.
+"""
+from typing import Optional, Tuple
+
+import torch
+import torch.fx
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.layers import BatchNormAct2d, DropPath
+
+__all__ = ['light_branch_applies', 'light_branch_train']
+
+
+def _observed(module: nn.Module) -> bool:
+    """True when something outside the module would miss the plain call: hooks, or a patched forward
+    (e.g. ``reference_mode``)."""
+    return bool(module._forward_hooks or module._forward_pre_hooks or 'forward' in vars(module))
+
+
+def light_branch_applies(x: torch.Tensor, prev: torch.Tensor, mrla: nn.Module, norm: nn.Module,
+                         drop_path: nn.Module) -> bool:
+    """Whether ``light_branch_train`` computes exactly what the plain modules would.
+
+    That needs a training-mode ``nn.BatchNorm2d`` (timm's ``BatchNormAct2d`` without activation and drop
+    included; not SyncBatchNorm, whose statistics span processes), identity or timm ``DropPath`` on the branch,
+    a layer without value activation, inputs of one dtype and shape, and nobody observing the modules.
+    """
+    if type(norm) is BatchNormAct2d:
+        if not (isinstance(norm.act, nn.Identity) and isinstance(norm.drop, nn.Identity)):
+            return False
+    elif type(norm) is not nn.BatchNorm2d:
+        return False
+    if type(drop_path) not in (nn.Identity, DropPath) or not isinstance(mrla.value_act, nn.Identity):
+        return False
+    if not norm.training or any(_observed(m) for m in (mrla, norm, drop_path)):
+        return False
+    if isinstance(x, torch.fx.Proxy) or isinstance(prev, torch.fx.Proxy):
+        return True  # FX tracing: the dtypes are only known when the traced model runs
+    device = x.device.type
+    if torch.is_autocast_enabled(device) and torch.get_autocast_dtype(device) != x.dtype:
+        return False  # autocast would cast inside the branch; the plain modules do that
+    return x.dtype == prev.dtype and x.shape == prev.shape
+
+
+def _average_factor(num_batches_tracked: Optional[torch.Tensor], momentum: Optional[float]) -> float:
+    """``nn.BatchNorm2d.forward``'s running-average factor, counting this batch in ``num_batches_tracked``."""
+    if num_batches_tracked is not None:
+        num_batches_tracked.add_(1)
+        if momentum is None:  # cumulative moving average
+            return 1.0 / float(num_batches_tracked)
+    return 0.0 if momentum is None else momentum
+
+
+class _LightBranch(torch.autograd.Function):
+    """``x + keep_scale * BN_train(gate * dwconv3x3(x, weight) + lambda_t * prev)``, saving no feature map of its own.
+
+    ``gate`` [B, C, 1, 1]; the drop-path factors ``keep_scale`` [B, 1, 1, 1] are drawn here; BatchNorm's running
+    statistics are updated in place with ``momentum`` (already resolved as ``nn.BatchNorm2d`` does). Everything
+    runs in ``x``'s dtype and layout (``light_branch_applies`` leaves any other autocast dtype to the plain
+    modules). Each feature map is allocated once and then reused in place: on the CPU a fresh map costs several
+    element-wise passes in page faults.
+    """
+
+    @staticmethod
+    def forward(ctx, x, prev, gate, weight, lambda_t, bn_weight, bn_bias, running_mean, running_var, momentum,
+                eps, drop_prob, scale_by_keep, prev_input, prev_weight, prev_bias, prev_eps):
+        channels = x.shape[1]
+        pre_norm = F.conv2d(x, weight.to(x.dtype), None, 1, 1, 1, channels)
+        pre_norm.mul_(gate).addcmul_(prev, lambda_t.to(x.dtype)[:, None, None])
+        mean, var = torch.batch_norm_update_stats(pre_norm, running_mean, running_var, momentum)
+        invstd = torch.rsqrt(var + eps)
+        scale = invstd if bn_weight is None else invstd * bn_weight
+        shift = -mean * scale if bn_bias is None else bn_bias - mean * scale
+        scale, shift = scale[:, None, None], shift[:, None, None]
+        keep_scale = None
+        if drop_prob > 0.:  # timm's DropPath mask, drawn at the same point in the RNG stream
+            keep_prob = 1. - drop_prob
+            keep_scale = x.new_empty((x.shape[0], 1, 1, 1)).bernoulli_(keep_prob)
+            if keep_prob > 0. and scale_by_keep:
+                keep_scale.div_(keep_prob)
+            scale, shift = scale * keep_scale, shift * keep_scale
+        out = torch.addcmul(shift, pre_norm, scale, out=pre_norm).add_(x)
+        # a prev that a training BatchNorm made from prev_input (kept by that norm) is recomputed, not kept
+        ctx.save_for_backward(x, prev if prev_input is None else prev_input, gate, weight, lambda_t, bn_weight,
+                              mean, invstd, keep_scale, prev_weight, prev_bias)
+        ctx.eps, ctx.prev_eps, ctx.prev_recomputed = eps, prev_eps, prev_input is not None
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, prev, gate, weight_param, lambda_t, bn_weight, mean, invstd, keep_scale, prev_weight, prev_bias = \
+            ctx.saved_tensors
+        if ctx.prev_recomputed:
+            prev = torch.ops.aten.native_batch_norm(prev, prev_weight, prev_bias, None, None, True, 0., ctx.prev_eps)[0]
+        channels = x.shape[1]
+        weight = weight_param.to(x.dtype)
+        lambda_map = lambda_t.to(x.dtype)[:, None, None]
+        # recompute the value and the pre-norm sum, bit for bit as forward did
+        value = F.conv2d(x, weight, None, 1, 1, 1, channels)
+        pre_norm = torch.mul(value, gate).addcmul_(prev, lambda_map)
+        grad_norm_out = grad_out if keep_scale is None else grad_out * keep_scale
+        affine = bn_weight is not None
+        grad_pre, grad_bn_weight, grad_bn_bias = torch.ops.aten.native_batch_norm_backward(
+            grad_norm_out, pre_norm, bn_weight, None, None, mean, invstd, True, ctx.eps, [True, affine, affine])
+        del grad_norm_out
+        # per-channel sums and grad_prev through the dead buffers, not fresh products
+        grad_gate = value.mul_(grad_pre).sum((2, 3), keepdim=True).to(gate.dtype)
+        grad_lambda = torch.mul(grad_pre, prev, out=value).sum((0, 2, 3)).to(lambda_t.dtype)
+        del value
+        grad_prev = torch.mul(grad_pre, lambda_map, out=pre_norm)
+        grad_x, grad_weight, _ = torch.ops.aten.convolution_backward(
+            grad_pre.mul_(gate), x, weight, None, [1, 1], [1, 1], [1, 1], False, [0, 0], channels,
+            [True, True, False])
+        del grad_pre
+        return (grad_x.add_(grad_out), grad_prev, grad_gate, grad_weight.to(weight_param.dtype), grad_lambda,
+                grad_bn_weight, grad_bn_bias, None, None, None, None, None, None, None, None, None, None)
+
+
+def _light_branch(x: torch.Tensor, prev: torch.Tensor, gate: torch.Tensor, weight: torch.Tensor,
+                  lambda_t: torch.Tensor, bn_weight: Optional[torch.Tensor], bn_bias: Optional[torch.Tensor],
+                  running_mean: Optional[torch.Tensor], running_var: Optional[torch.Tensor],
+                  num_batches_tracked: Optional[torch.Tensor], momentum: Optional[float], eps: float,
+                  drop_prob: float, scale_by_keep: bool, prev_input: Optional[torch.Tensor],
+                  prev_weight: Optional[torch.Tensor], prev_bias: Optional[torch.Tensor], prev_eps: float
+                  ) -> torch.Tensor:
+    momentum = _average_factor(num_batches_tracked, momentum)
+    return _LightBranch.apply(x, prev, gate, weight, lambda_t, bn_weight, bn_bias, running_mean, running_var,
+                              momentum, eps, drop_prob, scale_by_keep, prev_input, prev_weight, prev_bias, prev_eps)
+
+
+# FX records the call as one node (statistics update included): a traced training model runs the same unit
+torch.fx.wrap('_light_branch')
+
+
+def light_branch_train(x: torch.Tensor, prev: torch.Tensor, mrla: nn.Module, norm: nn.BatchNorm2d,
+                       drop_path: nn.Module, prev_source: Optional[Tuple[torch.Tensor, nn.Module]] = None
+                       ) -> torch.Tensor:
+    """``x + drop_path(norm(mrla(x, prev)))`` in training mode through ``_LightBranch`` (see
+    ``light_branch_applies`` for when it is exact).
+
+    ``prev_source``: ``(prev_input, prev_norm)`` when ``prev`` is ``prev_norm(prev_input)`` (a downsample
+    projection's BatchNorm); in training mode that norm keeps ``prev_input`` anyway, so the branch keeps it
+    instead of ``prev`` and renormalises it in backward.
+    """
+    track = norm.track_running_stats
+    prev_input, prev_norm = prev_source if prev_source is not None else (None, None)
+    if prev_norm is not None and not (type(prev_norm) is nn.BatchNorm2d and prev_norm.training):
+        prev_input, prev_norm = None, None
+    return _light_branch(
+        x, prev, mrla.gate(x), mrla.v.weight, mrla.lambda_t, norm.weight, norm.bias,
+        norm.running_mean if track else None, norm.running_var if track else None,
+        norm.num_batches_tracked if track else None, norm.momentum, norm.eps,
+        getattr(drop_path, 'drop_prob', 0.), getattr(drop_path, 'scale_by_keep', True),
+        prev_input, getattr(prev_norm, 'weight', None), getattr(prev_norm, 'bias', None),
+        getattr(prev_norm, 'eps', 0.))
