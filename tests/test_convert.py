@@ -14,57 +14,17 @@ import timm_mrla  # noqa: F401
 from timm_mrla.cli import main
 from timm_mrla.convert import ConversionError, convert_checkpoint
 from timm_mrla.layers import reference_mode
-from synthetic_checkpoints import GOLDEN_DIR, golden_input, synthetic_state_dict
-
-# relative max difference allowed between our converted model and the authors' code
-TOLERANCE = 1e-4
-
-
-def relative_max_diff(out: torch.Tensor, ref: torch.Tensor) -> float:
-    return float((out - ref).abs().max() / ref.abs().max())
-
-
-OPTIMIZER_STATE = {'state': {}, 'param_groups': [{'lr': 0.1, 'momentum': 0.9, 'params': [0, 1]}]}
-
-
-def resnet_train_checkpoint(authors_name: str) -> dict:
-    """As resnet/train.py saves it: DDP 'module.' keys under 'state_dict'."""
-    state_dict = {f'module.{k}': v for k, v in synthetic_state_dict(authors_name).items()}
-    return {'epoch': 120, 'arch': authors_name, 'state_dict': state_dict, 'best_prec1': torch.tensor(77.75),
-            'optimizer': OPTIMIZER_STATE}
-
-
-def deit_main_checkpoint(authors_name: str) -> dict:
-    """As deit/main.py saves it: 'model' and 'model_ema' beside an argparse.Namespace."""
-    state_dict = synthetic_state_dict(authors_name)
-    args = argparse.Namespace(model=authors_name, lr=5e-4, drop_path=0.1, data_path='/data/imagenet', epochs=300,
-                              output_dir='out', model_ema=True, input_size=224)
-    return {'model': state_dict, 'optimizer': OPTIMIZER_STATE, 'lr_scheduler': {'base_lrs': [5e-4]}, 'epoch': 299,
-            'model_ema': state_dict, 'scaler': {'scale': 65536.0}, 'args': args}
-
-
-def timm_train_checkpoint(authors_name: str) -> dict:
-    """As timm's train.py saves it (the authors' EfficientNet): 'state_dict', 'state_dict_ema', 'args'."""
-    state_dict = synthetic_state_dict(authors_name)
-    args = argparse.Namespace(model=authors_name, drop_path=0.2, model_ema=True, lr=0.048, epochs=350)
-    return {'epoch': 349, 'arch': authors_name, 'state_dict': state_dict, 'state_dict_ema': state_dict,
-            'optimizer': OPTIMIZER_STATE, 'version': 2, 'args': args, 'metric': 77.0}
+from synthetic_checkpoints import (assert_golden_outputs, deit_main_checkpoint, resnet_train_checkpoint,
+                                   synthetic_state_dict, timm_train_checkpoint)
 
 
 def assert_reproduces_authors(folder: Path, authors_name: str) -> None:
-    # the golden train-mode logits were taken with drop path off (the authors' DeiT-base hard-codes 0.1)
     model = timm.create_model(f'local-dir:{folder}', pretrained=True, drop_path_rate=0.)
-    golden = load_file(str(GOLDEN_DIR / f'{authors_name}.safetensors'))
-    x = golden_input()
     state = copy.deepcopy(model.state_dict())
     for form in ('fast', 'reference'):  # the production paths and the literal layers both reproduce them
         model.load_state_dict(state)  # train mode moves the BatchNorm statistics
-        with torch.no_grad(), reference_mode(model) if form == 'reference' else contextlib.nullcontext():
-            outputs = {'eval_logits': model.eval()(x), 'train_logits': model.train()(x)}
-        for key, out in outputs.items():
-            ref = golden[key]
-            assert ref.abs().max() > 0.1 and ref.std() > 0.01  # a golden output with signal in it
-            assert relative_max_diff(out, ref) <= TOLERANCE, f'{form} {key}'
+        with reference_mode(model) if form == 'reference' else contextlib.nullcontext():
+            assert_golden_outputs(model, authors_name, form)
 
 
 @pytest.mark.parametrize('authors_name, model_name, layout, source', [
@@ -153,6 +113,11 @@ def test_wrong_architecture_lists_only_the_first_keys(tmp_path):
     message = _error(tmp_path, synthetic_state_dict('resnet50_mrlab'), model='resnet50_mrla')
     assert 'map to nothing in resnet50_mrla' in message and 'more)' in message
     assert 'Check --model' in message
+
+
+def test_a_plain_timm_checkpoint_is_not_converted_but_pointed_to_warmstart(tmp_path):
+    message = _error(tmp_path, {'state_dict': timm.create_model('resnet18').state_dict()}, model='resnet18_mrla')
+    assert 'holds no MRLA layer' in message and 'timm-mrla warmstart --from CHECKPOINT --model resnet18_mrla' in message
 
 
 def test_checkpoint_without_weights(tmp_path):

@@ -11,7 +11,7 @@ from huggingface_hub import HfApi
 import timm_mrla  # noqa: F401
 from timm_mrla.cli import main
 from timm_mrla.convert import convert_checkpoint
-from timm_mrla.hub.offline import DEMO_WEIGHT, build_embedded, embedded_cache
+from timm_mrla.hub.offline import DEMO_WEIGHT, WEIGHTS_DIR, build_embedded, embedded_cache
 from timm_mrla.hub import WeightsIntegrityError, WeightsUnavailableError, fetch_weights, zoo
 from timm_mrla.hub.cache import add_to_cache, git_commit_id
 from timm_mrla.hub.cards import read_card
@@ -58,23 +58,38 @@ def test_convert_writes_a_hub_ready_folder(converted):
     assert any('forward pass' in note for note in report.notes)
 
 
-def test_verify_names_what_is_wrong(converted, tmp_path, capsys):
-    bad = tmp_path / 'bad'
-    bad.mkdir()
+def _with_one_byte_flipped(folder: Path, out: Path) -> Path:
+    out.mkdir()
     for name in FOLDER_FILES:
-        (bad / name).write_bytes((converted / name).read_bytes())
-    card = (bad / 'README.md').read_text()
-    (bad / 'README.md').write_text(card.replace('license: mit\n', ''))
-    with open(bad / 'model.safetensors', 'r+b') as f:  # flip one byte of a weight
+        (out / name).write_bytes((folder / name).read_bytes())
+    with open(out / 'model.safetensors', 'r+b') as f:  # the last byte of a weight
         f.seek(-1, 2)
         last = f.read(1)
         f.seek(-1, 2)
         f.write(bytes([last[0] ^ 1]))
+    return out
+
+
+def test_verify_names_what_is_wrong(converted, tmp_path, capsys):
+    bad = _with_one_byte_flipped(converted, tmp_path / 'bad')
+    card = (bad / 'README.md').read_text()
+    (bad / 'README.md').write_text(card.replace('license: mit\n', ''))
     assert main(['verify', str(bad)]) == 1
     out = capsys.readouterr().out
     assert 'front matter has no license' in out and 'the card says' in out and 'NOT ready to publish' in out
     (bad / 'config.json').unlink()
     assert 'missing config.json' in verify_folder(bad).problems[0]
+
+
+def test_local_folder_whose_card_sha256_differs_is_refused(converted, tmp_path):
+    bad = _with_one_byte_flipped(converted, tmp_path / 'bad')
+    with pytest.raises(WeightsIntegrityError) as e:
+        timm.create_model(f'local-dir:{bad}', pretrained=True)
+    for part in (str(bad / 'model.safetensors'), sha256_of(converted / 'model.safetensors'), 'was not loaded',
+                 'timm-mrla verify'):
+        assert part in str(e.value)
+    (bad / 'README.md').unlink()  # no card, no recorded sha256: loads as timm would
+    assert timm.create_model(f'local-dir:{bad}', pretrained=True).num_classes == 1000
 
 
 def test_push_dry_run_works_offline(converted, capsys):
@@ -94,6 +109,30 @@ def test_push_asks_for_nothing_and_needs_a_token(converted, tmp_path, monkeypatc
     empty.mkdir()
     with pytest.raises(FolderError, match='failed verification, nothing was uploaded'):
         push_folder(empty, 'acme/x', dry_run=True)
+
+
+def test_zoo_publish_dry_run_lists_every_repository_file_and_size(capsys):
+    assert main(['zoo', 'publish', '--org', 'acme', '--dry-run']) == 0
+    out = capsys.readouterr().out
+    for weight in zoo():
+        assert f'{weight.name} -> acme/{weight.repo}' in out
+        assert f'dry run: would upload to https://huggingface.co/acme/{weight.repo}:' in out
+        assert f'model.safetensors  ' in out and weight.sha256 in out
+    fmnist = WEIGHTS_DIR / 'resnet18_mrla.fmnist'
+    for name in FOLDER_FILES:
+        assert f'{name}  {(fmnist / name).stat().st_size} bytes' in out
+    assert "not pushed: 28 warm-start tags, which load timm's own files from timm/ repositories" in out
+
+
+def test_zoo_publish_pushes_with_huggingface_hub_and_reports_a_refusal(online, monkeypatch, capsys):
+    """The real upload path (HfApi) against a real server: the loopback Hub is a read-only mirror, so it refuses;
+    the error names the repository, and nothing is pushed after it."""
+    monkeypatch.setenv('HF_TOKEN', 'hf_not_a_real_token')
+    assert main(['zoo', 'publish', '--org', 'acme']) == 2
+    captured = capsys.readouterr()
+    first = zoo()[0]
+    assert f'timm-mrla zoo: error: uploading to {online.endpoint}/acme/{first.repo} failed' in captured.err
+    assert 'pushed' not in captured.out.replace('not pushed', '')
 
 
 # --- the offline cache -------------------------------------------------------------------------------------------
@@ -143,7 +182,7 @@ def test_offline_with_nothing_cached(hub_cache):
         timm.create_model(DEMO_WEIGHT, pretrained=True)
     message = str(e.value)
     for part in (f'timm-mrla/{DEMO_WEIGHT}', "'model.safetensors'", 'not in the local cache', 'HF_HUB_OFFLINE',
-                 'timm-mrla demo'):
+                 'timm-mrla zoo cache DIR'):
         assert part in message
     # an hf-hub: name fails in timm's own config.json download; huggingface_hub's error names repo and file
     with pytest.raises(Exception) as e:

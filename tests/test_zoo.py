@@ -11,27 +11,34 @@ from safetensors.torch import load_file
 import timm_mrla  # noqa: F401
 from timm_mrla.demo import DEMO_WEIGHT, run_demo
 from timm_mrla.hub import zoo
-from timm_mrla.hub.sync import MANIFEST_PATH, sync
+from timm_mrla.hub.sync import MODEL_CARDS_PATH, sync
 from timm_mrla.hub.offline import offline_cache
-from timm_mrla.hub.zoo import architecture_cfg, find_weight, parse_manifest, read_manifest
+from timm_mrla.hub.zoo import (MANIFEST_PATH, architecture_cfg, find_weight, parse_manifest, read_manifest,
+                               warm_start_named, warm_starts)
+from timm_mrla.models import BASE_MODELS
 
 FMNIST_SAMPLE = Path(__file__).parent / 'golden' / 'fmnist_test_sample.safetensors'
 
 
-def test_pretrained_tags_are_exactly_the_manifest():
+def test_every_zoo_weight_is_a_pretrained_tag():
+    """The manifest's weights are tags as published; every other tag is a warm start from timm's own weights
+    (tests/test_warmstart_tags.py)."""
     manifest = parse_manifest(read_manifest(MANIFEST_PATH))
-    assert sorted(timm.list_models('*mrla*', pretrained=True)) == sorted(w.name for w in manifest)
+    tagged = timm.list_models('*mrla*', pretrained=True)
+    assert {w.name for w in manifest} <= set(tagged)
+    assert all(warm_start_named(t) for t in tagged if t not in {w.name for w in manifest})
     for w in manifest:
         cfg = timm.models.get_pretrained_cfg(w.name)
         assert cfg.hf_hub_id == f'{read_manifest(MANIFEST_PATH)["hub_org"]}/{w.repo}@{w.revision}'
-        assert cfg.license == w.license
+        assert cfg.license == w.license and cfg.notes == (w.summary,)
         for key, value in w.pretrained_cfg.items():
             assert getattr(cfg, key) == (tuple(value) if isinstance(value, list) else value)
     # a model with published default weights loads the first of them by default, as timm's untagged names do;
     # weights for another input (Fashion-MNIST) load only by their tag
     for w in manifest:
         first = next((x for x in manifest if x.model == w.model and x.default), None)
-        assert timm.models.get_pretrained_cfg(w.model).tag == (first.tag if first else None)
+        if first:
+            assert timm.models.get_pretrained_cfg(w.model).tag == first.tag
     assert timm.create_model('resnet18_mrla').num_classes == 1000
     assert timm.create_model('resnet18_mrla.fmnist').num_classes == 10
 
@@ -54,9 +61,9 @@ def test_manifest_is_validated(tmp_path):
         parse_manifest(dict(data, weights=[dict(entry, default='no')]))
     with pytest.raises(ValueError, match="'resnet18' is not a timm-mrla model"):
         architecture_cfg('resnet18')
-    stale_copy = tmp_path / 'manifest.json'
-    stale_copy.write_text(json.dumps(dict(data, hub_org='elsewhere')))
-    assert sync(stale_copy, tmp_path / 'pkg.py', tmp_path / 'cards.md', check=True)  # differs from the package
+    other_org = tmp_path / 'manifest.json'
+    other_org.write_text(json.dumps(dict(data, hub_org='elsewhere')))
+    assert sync(other_org, MODEL_CARDS_PATH, check=True) == [MODEL_CARDS_PATH]  # the cards name the organisation
 
 
 def test_find_weight_matches_repo_and_revision_in_any_org():
@@ -77,11 +84,14 @@ def test_demo_runs_offline(tmp_path, hub_cache, capsys):
 
 
 def test_model_cards_lists_every_weight():
-    text = (MANIFEST_PATH.parents[1] / 'MODEL_CARDS.md').read_text()
+    text = MODEL_CARDS_PATH.read_text()
     for w in zoo():
         assert f'## {w.name}' in text and w.sha256 in text
         for metric in w.metrics:
             assert metric.command in text
+    assert "**MRLA branches untrained; computes exactly timm's X; for fine-tuning**" in text
+    for w in warm_starts(BASE_MODELS):
+        assert f'| `{w.name}` | `{w.base}` | `timm/{w.base}` |' in text
 
 
 def test_fashion_mnist_weights_classify_real_test_images(hub_cache):

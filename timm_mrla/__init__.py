@@ -2,3 +2,4 @@
 __version__ = '0.1.0'
 
 from . import models  # noqa: F401  registers the entry points with timm
+from .inspection import AttentionGroup, LayerAttentionRecorder, NotAnMRLAModelError, layer_attention  # noqa: E402,F401

@@ -49,35 +49,82 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(args.model, cache_dir=args.cache_dir)
 
 
-def _zoo(args: argparse.Namespace) -> int:
-    from .hub.sync import MANIFEST_PATH, main
-    if args.action in ('sync', 'check'):
-        return main(check=args.action == 'check', manifest=args.manifest)
-    if args.action == 'cache':
-        from .hub.offline import offline_cache
-        if not args.out:
-            raise FolderError('zoo cache needs --out CACHE_DIR')
-        done, missing = offline_cache(args.out)
-        print(f'laid out in {args.out}: {", ".join(done) or "nothing"}' +
-              (f'; not available offline here: {", ".join(missing)}' if missing else ''))
-        print(f'use it with: HF_HUB_OFFLINE=1 HF_HUB_CACHE={args.out}')
-        return 0
+def _attention(args: argparse.Namespace) -> int:
+    from .attention import AttentionCommandError, run_attention
+    try:
+        groups = run_attention(args.model, args.images, args.out, args.json, pretrained=not args.random_init,
+                               force=args.force)
+    except AttentionCommandError as e:
+        print(f'timm-mrla attention: error: {e}', file=sys.stderr)
+        return 2
+    print(f'wrote {args.out}' + (f' and {args.json}' if args.json else '') +
+          f': {sum(len(g.blocks) for g in groups)} MRLA blocks in {len(groups)} groups')
+    return 0
+
+
+def _add_attention_parser(commands) -> None:
+    attention = commands.add_parser(
+        'attention', help='a figure of what each MRLA block retrieves from the blocks before it, for images',
+        description='Run the model on the images (prepared with its own data config) and draw, per stage, the '
+                    'weights of each block over the earlier blocks (MRLA-base: its softmax weights; MRLA-light: '
+                    'those implied by unrolling its recurrence) and each block\'s gates per head. Needs matplotlib: '
+                    "pip install 'timm-mrla[plot]'.")
+    attention.add_argument('model', help='timm name, name.tag, hf-hub:ID or local-dir:DIR of an MRLA model')
+    attention.add_argument('images', nargs='+', metavar='IMAGE',
+                           help="image files, or skimage:NAME for scikit-image's photographs (chelsea, coffee, ...)")
+    attention.add_argument('--out', type=Path, required=True, help='the figure, e.g. attention.png')
+    attention.add_argument('--json', type=Path, help='also write the numbers, per image and head, to this file')
+    attention.add_argument('--random-init', action='store_true', help='inspect the untrained model (no weights)')
+    attention.add_argument('--force', action='store_true', help='replace an existing --out or --json file')
+    attention.set_defaults(func=_attention)
+
+
+def _zoo_sync(args: argparse.Namespace) -> int:
+    from .hub.sync import main
+    return main(check=args.zoo_command == 'check', manifest=args.manifest)
+
+
+def _zoo_folder(args: argparse.Namespace) -> int:
+    from .hub.zoo import MANIFEST_PATH
     from .hub.zoo_folders import write_zoo_folder
-    if not args.name or not args.out:
-        raise FolderError('zoo folder needs NAME and --out')
     sha256, commit = write_zoo_folder(args.name, args.out, checkpoint=args.checkpoint, warmstart=args.warmstart,
                                       use_ema=args.ema, force=args.force, manifest=args.manifest or MANIFEST_PATH)
     print(f'wrote {args.out}\n"sha256": "{sha256}",\n"revision": "{commit}"')
     return 0
 
 
+def _zoo_cache(args: argparse.Namespace) -> int:
+    from .hub.offline import offline_cache
+    if args.dir and args.out and args.dir != args.out:
+        raise FolderError(f'zoo cache: two cache folders given ({args.dir} and --out {args.out}); give one')
+    cache_dir = args.dir or args.out
+    if cache_dir is None:
+        raise FolderError('zoo cache needs the cache folder: timm-mrla zoo cache DIR')
+    done, missing = offline_cache(cache_dir)
+    print(f'laid out in {cache_dir}: {", ".join(done) or "nothing"}' +
+          (f'; not available offline here: {", ".join(missing)}' if missing else ''))
+    print(f'use it with: HF_HUB_OFFLINE=1 HF_HUB_CACHE={cache_dir}')
+    return 0
+
+
+def _zoo_publish(args: argparse.Namespace) -> int:
+    from .hub.publish import publish_zoo
+    publish_zoo(args.org, dry_run=args.dry_run)
+    return 0
+
+
+def _add_output_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where a command writes its Hub-ready folder, and whether it may write into a non-empty one."""
+    parser.add_argument('--out', type=Path, required=True, help='output folder (must be empty or new unless --force)')
+    parser.add_argument('--force', action='store_true', help='replace the model files in a non-empty --out')
+
+
 def _add_folder_arguments(parser: argparse.ArgumentParser, dataset_help: str, license_default: str,
                           license_help: str) -> None:
     """The options of the commands that write a Hub-ready folder: where, what goes on its card, overwrite."""
-    parser.add_argument('--out', required=True, help='output folder (must be empty or new unless --force)')
+    _add_output_arguments(parser)
     parser.add_argument('--dataset', default='imagenet-1k', help=f'{dataset_help} (imagenet-1k)')
     parser.add_argument('--license', default=license_default, help=f'{license_help} ({license_default})')
-    parser.add_argument('--force', action='store_true', help='replace the model files in a non-empty --out')
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -140,20 +187,47 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_demo)
 
     zoo = commands.add_parser(
-        'zoo', help='maintain the model zoo (hub/manifest.json)',
-        description='sync: write timm_mrla/hub/_manifest.py and MODEL_CARDS.md from the manifest; check: exit 1 '
-                    'when they are out of date; folder NAME: write the Hub-ready folder of a manifest entry from a '
-                    'training checkpoint or a warm start, and print the sha256 and commit to record in the entry; '
-                    'cache: lay out every zoo weight available offline in a Hugging Face cache (--out).')
-    zoo.add_argument('action', choices=('sync', 'check', 'folder', 'cache'))
-    zoo.add_argument('name', nargs='?', help='folder: the entry, model.tag')
-    zoo.add_argument('--manifest', type=Path, help='manifest file (default: hub/manifest.json of this checkout)')
-    zoo.add_argument('--checkpoint', type=Path, help='folder: a training checkpoint (timm train.py, ...)')
-    zoo.add_argument('--ema', action='store_true', help='folder: take the checkpoint\'s EMA weights')
-    zoo.add_argument('--warmstart', help='folder: the warm-start source (see timm-mrla warmstart --from)')
-    zoo.add_argument('--out', type=Path, help='folder: output folder; cache: the cache folder')
-    zoo.add_argument('--force', action='store_true', help='folder: replace the model files in a non-empty --out')
-    zoo.set_defaults(func=_zoo)
+        'zoo', help='maintain the model zoo (timm_mrla/hub/manifest.json)',
+        description='Maintain the model zoo: the manifest timm_mrla/hub/manifest.json lists every published weight.')
+    zoo_commands = zoo.add_subparsers(dest='zoo_command', required=True, metavar='ACTION')
+    manifest_help = "manifest file (default: the package's)"
+    for action, help_text in (('sync', 'write MODEL_CARDS.md from the manifest'),
+                              ('check', 'exit 1 when MODEL_CARDS.md is out of date')):
+        sync = zoo_commands.add_parser(action, help=help_text, description=help_text)
+        sync.add_argument('--manifest', type=Path, help=manifest_help)
+        sync.set_defaults(func=_zoo_sync)
+
+    folder = zoo_commands.add_parser(
+        'folder', help='write the Hub-ready folder of a manifest entry',
+        description='Write the Hub-ready folder of a manifest entry from a training checkpoint or a warm start, and '
+                    'print the sha256 and commit to record in the entry.')
+    folder.add_argument('name', metavar='NAME', help='the entry, model.tag')
+    source = folder.add_mutually_exclusive_group(required=True)
+    source.add_argument('--checkpoint', type=Path, help='a training checkpoint (timm train.py, ...)')
+    source.add_argument('--warmstart', help='the warm-start source (see timm-mrla warmstart --from)')
+    folder.add_argument('--ema', action='store_true', help="take the checkpoint's EMA weights")
+    _add_output_arguments(folder)
+    folder.add_argument('--manifest', type=Path, help=manifest_help)
+    folder.set_defaults(func=_zoo_folder)
+
+    cache = zoo_commands.add_parser(
+        'cache', help='lay out every zoo weight available offline in a Hugging Face cache',
+        description='Lay out in DIR every zoo weight this checkout can provide (the warm start rebuilt from its '
+                    'package, trained weights from hub/weights/); then HF_HUB_OFFLINE=1 HF_HUB_CACHE=DIR loads them.')
+    cache.add_argument('dir', nargs='?', type=Path, metavar='DIR', help='the cache folder')
+    cache.add_argument('--out', type=Path, help='the cache folder (the same as DIR)')
+    cache.set_defaults(func=_zoo_cache)
+
+    publish = zoo_commands.add_parser(
+        'publish', help='verify every zoo weight and push each to ORG/<repo>',
+        description='Collect the Hub-ready folder of every zoo weight (rebuilt or from hub/weights/), verify all, '
+                    'then push each to ORG/<repo> with huggingface_hub (HF_TOKEN; HF_ENDPOINT for another server) '
+                    'and print the commits to record. Warm starts from timm/ repositories are not pushed.')
+    publish.add_argument('--org', required=True, help='Hub organisation (or user) to push to')
+    publish.add_argument('--dry-run', action='store_true', help='only list every repository, file and size (offline)')
+    publish.set_defaults(func=_zoo_publish)
+
+    _add_attention_parser(commands)
     return parser
 
 

@@ -16,7 +16,7 @@ import pickle
 import re
 import zipfile
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, Optional, Tuple, Union
 
 import timm
 import torch
@@ -26,6 +26,7 @@ from safetensors.torch import load_file
 from .hub.cards import CardInfo
 from .hub.download import sha256_of
 from .hub.folder import check_writable, write_folder
+from .models._helpers import is_mrla_key, state_dict_problems
 
 __all__ = ['ConversionError', 'load_checkpoint', 'select_state_dict', 'checkpoint_sizes', 'convert_state_dict',
            'convert_checkpoint']
@@ -34,16 +35,10 @@ PathLike = Union[str, Path]
 # where each training script keeps the weights, preferred first
 _STATE_DICT_KEYS = ('state_dict', 'model')
 _EMA_STATE_DICT_KEYS = ('state_dict_ema', 'model_ema')
-_SHOWN_KEYS = 5
 
 
 class ConversionError(ValueError):
     """A checkpoint that cannot be converted, with what to do about it."""
-
-
-def _first(keys: List[str]) -> str:
-    more = f' (and {len(keys) - _SHOWN_KEYS} more)' if len(keys) > _SHOWN_KEYS else ''
-    return ', '.join(keys[:_SHOWN_KEYS]) + more
 
 
 def load_checkpoint(path: PathLike) -> Dict[str, Any]:
@@ -126,6 +121,10 @@ def convert_state_dict(model_name: str, state_dict: Dict[str, torch.Tensor]) -> 
     first few.
     """
     _check_model_name(model_name)
+    if not any(is_mrla_key(k) for k in state_dict):  # the family filters would make it a warm start
+        raise ConversionError(f'the checkpoint holds no MRLA layer, so it is not an MRLA model; for an MRLA model '
+                              f'starting from these weights use `timm-mrla warmstart --from CHECKPOINT --model '
+                              f'{model_name}`')
     model = timm.create_model(model_name, pretrained=False)
     mapped = _filter_fn(model_name)(state_dict, model)
     sizes = checkpoint_sizes(model_name, mapped)
@@ -134,20 +133,7 @@ def convert_state_dict(model_name: str, state_dict: Dict[str, torch.Tensor]) -> 
         model = timm.create_model(model_name, pretrained=False, **sizes)
         mapped = _filter_fn(model_name)(state_dict, model)
 
-    expected = model.state_dict()
-    # the filters rename one key at a time, in order: report problems under the checkpoint's own names
-    origin = dict(zip(mapped, state_dict)) if len(mapped) == len(state_dict) else {}
-    unexpected = [origin.get(k, k) for k in mapped if k not in expected]
-    missing = [k for k in expected if k not in mapped]
-    mismatched = [f'{origin.get(k, k)} {tuple(mapped[k].shape)} vs {tuple(v.shape)}' for k, v in expected.items()
-                  if k in mapped and mapped[k].shape != v.shape]
-    problems = []
-    if unexpected:
-        problems.append(f'{len(unexpected)} checkpoint keys map to nothing in {model_name}: {_first(unexpected)}')
-    if missing:
-        problems.append(f'{len(missing)} keys of {model_name} are missing from the checkpoint: {_first(missing)}')
-    if mismatched:
-        problems.append(f'{len(mismatched)} shapes differ (checkpoint vs model): {_first(mismatched)}')
+    problems = state_dict_problems(mapped, state_dict, model, model_name)
     if problems:
         raise ConversionError(f'the checkpoint does not fit {model_name}. ' + '; '.join(problems) +
                               '. Check --model against the architecture the checkpoint was trained with.')

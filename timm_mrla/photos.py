@@ -7,10 +7,15 @@ from PIL import Image
 PHOTOS = ('chelsea', 'coffee', 'astronaut', 'rocket')
 
 
-def sample_photos() -> List[Tuple[str, Image.Image]]:
-    """(name, RGB image) for each photograph in ``PHOTOS``."""
+def sample_photo(name: str) -> Image.Image:
+    """The RGB photograph ``name`` (one of ``PHOTOS``)."""
     try:
         from skimage import data
     except ImportError as e:
         raise ImportError("the sample photographs come with scikit-image: pip install 'timm-mrla[demo]'") from e
-    return [(name, Image.fromarray(getattr(data, name)()).convert('RGB')) for name in PHOTOS]
+    return Image.fromarray(getattr(data, name)()).convert('RGB')
+
+
+def sample_photos() -> List[Tuple[str, Image.Image]]:
+    """(name, RGB image) for each photograph in ``PHOTOS``."""
+    return [(name, sample_photo(name)) for name in PHOTOS]

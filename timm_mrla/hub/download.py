@@ -15,9 +15,10 @@ from huggingface_hub.errors import (
 from timm.models._builder import resolve_pretrained_cfg
 from timm.models._hub import hf_split
 
+from .cards import CARD_FILE, read_card
 from .zoo import HUB_ORG_ENV, WEIGHTS_FILE, find_weight
 
-__all__ = ['WeightsUnavailableError', 'WeightsIntegrityError', 'sha256_of', 'fetch_weights',
+__all__ = ['WeightsUnavailableError', 'WeightsIntegrityError', 'sha256_of', 'fetch_weights', 'check_local_folder',
            'pretrained_weights_overlay']
 
 
@@ -26,7 +27,7 @@ class WeightsUnavailableError(OSError):
 
 
 class WeightsIntegrityError(RuntimeError):
-    """Downloaded weights whose sha256 differs from the zoo manifest's."""
+    """Weights whose sha256 differs from the one recorded for them (zoo manifest, or a local folder's card)."""
 
 
 def sha256_of(path: Union[str, Path]) -> str:
@@ -43,8 +44,9 @@ def _unavailable(repo_id: str, filename: str, revision: Optional[str], error: Ex
     if isinstance(error, LocalEntryNotFoundError):
         reason = (f'cannot download {where}: it is not in the local cache ({constants.HF_HUB_CACHE}) and the Hub '
                   f'is not reachable' + (' (HF_HUB_OFFLINE is set)' if constants.HF_HUB_OFFLINE else '') +
-                  '. Connect once to download it, or point HF_HUB_CACHE at a cache that holds it; '
-                  '`timm-mrla demo` lays out one for the weights it can build offline.')
+                  f'. Connect once to download it, or point HF_HUB_CACHE at a cache that holds it: `hf download '
+                  f'{repo_id} {filename} --cache-dir DIR` where there is a network, or `timm-mrla zoo cache DIR` for '
+                  f'the zoo weights this checkout can build offline.')
     elif isinstance(error, RevisionNotFoundError):
         reason = (f'cannot download {where}: {repo_id} on {endpoint} has no revision {revision}. Use a branch, tag '
                   f'or commit that exists there, or leave the revision out for the latest.')
@@ -80,11 +82,31 @@ def fetch_weights(hf_hub_id: str, filename: str = WEIGHTS_FILE, cache_dir: Optio
     return path
 
 
+def check_local_folder(folder: Union[str, Path]) -> None:
+    """Refuse a local folder whose model card records a sha256 (``weights_sha256``) that its model.safetensors does
+    not have, as Hub downloads are refused; folders without a card or a recorded sha256 pass."""
+    folder = Path(folder)
+    card, weights = folder / CARD_FILE, folder / WEIGHTS_FILE
+    if not (card.is_file() and weights.is_file()):
+        return
+    expected = read_card(card)[0].get('weights_sha256')
+    actual = sha256_of(weights)
+    if expected and actual != expected:
+        raise WeightsIntegrityError(
+            f'{weights} has sha256 {actual}, but its model card {card} records {expected}: the file is damaged or '
+            f'was replaced, so it was not loaded. Restore the folder (or rewrite it with `timm-mrla convert` / '
+            f'`timm-mrla zoo folder`); `timm-mrla verify {folder}` checks it.')
+
+
 def pretrained_weights_overlay(variant: str, kwargs: Dict[str, Any]) -> Optional[Dict[str, Any]]:
     """For a model about to load Hub weights, fetch them now and return the pretrained_cfg overlay that makes
-    timm load the checked file; None when timm will load from elsewhere (a file, a URL, a local folder)."""
+    timm load the checked file; None when timm will load from elsewhere (a file, a URL, a local folder: that one
+    is first checked against its card, see ``check_local_folder``)."""
     cfg = resolve_pretrained_cfg(variant, pretrained_cfg=kwargs.get('pretrained_cfg'),
                                  pretrained_cfg_overlay=kwargs.get('pretrained_cfg_overlay'))
+    if cfg.source == 'local-dir':
+        check_local_folder(cfg.file)
+        return None
     from_hub = cfg.hf_hub_id and (cfg.source == 'hf-hub' or not (cfg.state_dict or cfg.file or cfg.source))
     if not from_hub or cfg.custom_load:
         return None

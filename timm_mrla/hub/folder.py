@@ -17,14 +17,13 @@ from huggingface_hub import HfApi, constants
 from huggingface_hub.errors import HfHubHTTPError
 from timm.models import save_for_hf
 
-from .cards import CardInfo, card_problems, read_card, render_card
+from .cards import CARD_FILE, CardInfo, card_problems, read_card, render_card
 from .download import sha256_of
 from .zoo import WEIGHTS_FILE, zoo
 
 __all__ = ['FolderError', 'FOLDER_FILES', 'write_folder', 'VerifyReport', 'verify_folder', 'push_folder']
 
 CONFIG_FILE = 'config.json'
-CARD_FILE = 'README.md'
 FOLDER_FILES = (WEIGHTS_FILE, CONFIG_FILE, CARD_FILE)
 
 
@@ -118,13 +117,14 @@ def verify_folder(folder: Union[str, Path]) -> VerifyReport:
 
 
 def push_folder(folder: Union[str, Path], repo_id: str, revision: Optional[str] = None, dry_run: bool = False,
-                print_fn=print) -> Optional[str]:
-    """Verify ``folder`` and upload its files to ``repo_id`` (branch ``revision``, default main).
+                verified: bool = False, print_fn=print) -> Optional[str]:
+    """Verify ``folder`` (unless the caller just did: ``verified``) and upload its files to ``repo_id`` (branch
+    ``revision``, default main).
 
     Asks nothing: the token comes from ``HF_TOKEN``. Returns the commit id (None for a dry run).
     """
     folder = Path(folder)
-    report = verify_folder(folder)
+    report = VerifyReport(folder) if verified else verify_folder(folder)
     if not report.ok:
         raise FolderError(f'{folder} failed verification, nothing was uploaded: ' + '; '.join(report.problems))
     target = f'{constants.ENDPOINT}/{repo_id}' + (f' (branch {revision})' if revision else '')

@@ -8,7 +8,7 @@ working offline with ``HF_HUB_OFFLINE=1 HF_HUB_CACHE=DIR``.
 import shutil
 import tempfile
 from pathlib import Path
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 from timm.models import save_for_hf
 
@@ -16,9 +16,10 @@ from .cache import add_to_cache, git_commit_id
 from .download import sha256_of
 from .folder import CARD_FILE, CONFIG_FILE, FOLDER_FILES
 from .sync import REPO_ROOT
-from .zoo import WEIGHTS_FILE, weights_for, zoo
+from .zoo import WEIGHTS_FILE, ZooWeight, weights_for, zoo
 
-__all__ = ['DEMO_WEIGHT', 'EMBEDDED_DIR', 'WEIGHTS_DIR', 'build_embedded', 'embedded_cache', 'offline_cache']
+__all__ = ['DEMO_WEIGHT', 'EMBEDDED_DIR', 'WEIGHTS_DIR', 'build_embedded', 'embedded_cache', 'zoo_folder',
+           'offline_cache']
 
 DEMO_WEIGHT = 'tf_efficientnet_lite0_mrla.in1k_warmstart'
 # config.json and README.md as published; the weights are rebuilt (see build_embedded)
@@ -50,27 +51,37 @@ def embedded_cache(cache_dir: Path, name: str = DEMO_WEIGHT) -> str:
     if (snapshot / WEIGHTS_FILE).exists() and sha256_of(snapshot / WEIGHTS_FILE) == weight.sha256:
         return weight.revision
     with tempfile.TemporaryDirectory() as tmp:
-        folder = build_embedded(name, Path(tmp) / 'folder')
-        commit = git_commit_id({f: (folder / f).read_bytes() for f in FOLDER_FILES})
-        if commit != weight.revision:
-            raise RuntimeError(f'the rebuilt {name} is commit {commit}, the manifest lists {weight.revision}')
-        add_to_cache(folder, weight.repo_id(), cache_dir)
-    return commit
+        return add_to_cache(zoo_folder(weight, Path(tmp)), weight.repo_id(), cache_dir)
+
+
+def zoo_folder(weight: ZooWeight, work_dir: Path) -> Optional[Path]:
+    """The Hub-ready folder of a zoo weight as published, checked against its sha256 and revision: rebuilt into
+    ``work_dir`` or kept in hub/weights/; None when this checkout cannot provide it."""
+    if weight.name == DEMO_WEIGHT:
+        folder = build_embedded(weight.name, Path(work_dir) / weight.name)
+    elif (WEIGHTS_DIR / weight.name).is_dir():
+        folder = WEIGHTS_DIR / weight.name
+    else:
+        return None
+    commit = git_commit_id({f: (folder / f).read_bytes() for f in FOLDER_FILES})
+    if commit != weight.revision or sha256_of(folder / WEIGHTS_FILE) != weight.sha256:
+        raise RuntimeError(f'{folder} is not the published {weight.name} (commit {commit}, the manifest lists '
+                           f'{weight.revision})')
+    return folder
 
 
 def offline_cache(cache_dir: Path) -> Tuple[List[str], List[str]]:
     """Lay out in ``cache_dir`` every zoo weight this checkout can provide; returns (laid out, not available)."""
     done, missing = [], []
-    for weight in zoo():
-        folder = WEIGHTS_DIR / weight.name
-        if weight.name == DEMO_WEIGHT:
-            embedded_cache(cache_dir, weight.name)
-        elif folder.is_dir():
-            commit = add_to_cache(folder, weight.repo_id(), cache_dir)
-            if commit != weight.revision or sha256_of(folder / WEIGHTS_FILE) != weight.sha256:
-                raise RuntimeError(f'{folder} is not the published {weight.name} (commit {commit})')
-        else:
-            missing.append(weight.name)
-            continue
-        done.append(weight.name)
+    with tempfile.TemporaryDirectory() as tmp:
+        for weight in zoo():
+            if weight.name == DEMO_WEIGHT:  # reuses a cache that already holds it
+                embedded_cache(cache_dir, weight.name)
+            else:
+                folder = zoo_folder(weight, Path(tmp))
+                if folder is None:
+                    missing.append(weight.name)
+                    continue
+                add_to_cache(folder, weight.repo_id(), cache_dir)
+            done.append(weight.name)
     return done, missing

@@ -1,22 +1,14 @@
-"""``timm-mrla zoo sync``: derive the package's manifest copy and MODEL_CARDS.md from hub/manifest.json."""
-import pprint
+"""``timm-mrla zoo sync``: write MODEL_CARDS.md from the zoo manifest (``timm_mrla/hub/manifest.json``)."""
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from .cards import render_model_cards
-from .zoo import ZooWeight, parse_manifest, read_manifest
+from .zoo import MANIFEST_PATH, ZooWeight, parse_manifest, read_manifest, warm_starts
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-MANIFEST_PATH = REPO_ROOT / 'hub' / 'manifest.json'
-PACKAGE_COPY = Path(__file__).resolve().parent / '_manifest.py'
 MODEL_CARDS_PATH = REPO_ROOT / 'MODEL_CARDS.md'
 
-__all__ = ['MANIFEST_PATH', 'render_package_copy', 'sync']
-
-
-def render_package_copy(data: dict) -> str:
-    return ('"""Generated from hub/manifest.json by `timm-mrla zoo sync`; edit the manifest, not this file."""\n\n'
-            f'MANIFEST = {pprint.pformat(data, width=110, sort_dicts=False)}\n')
+__all__ = ['sync']
 
 
 def _shapes(weights: Sequence[ZooWeight]) -> Dict[str, Tuple[int, Sequence[int]]]:
@@ -29,15 +21,12 @@ def _shapes(weights: Sequence[ZooWeight]) -> Dict[str, Tuple[int, Sequence[int]]
     return shapes
 
 
-def sync(manifest: Path = MANIFEST_PATH, package_copy: Path = PACKAGE_COPY, model_cards: Path = MODEL_CARDS_PATH,
-         check: bool = False) -> List[Path]:
-    """Write (or with ``check`` only compare) the derived files; returns those that were out of date."""
+def sync(manifest: Path = MANIFEST_PATH, model_cards: Path = MODEL_CARDS_PATH, check: bool = False) -> List[Path]:
+    """Write (or with ``check`` only compare) MODEL_CARDS.md; returns it if it was out of date."""
     data = read_manifest(manifest)
     weights = parse_manifest(data, str(manifest))
-    wanted = {
-        package_copy: render_package_copy(data),
-        model_cards: render_model_cards(weights, _shapes(weights), data['hub_org']),
-    }
+    from ..models import BASE_MODELS
+    wanted = {model_cards: render_model_cards(weights, _shapes(weights), data['hub_org'], warm_starts(BASE_MODELS))}
     stale = [path for path, text in wanted.items() if not path.exists() or path.read_text() != text]
     if not check:
         for path in stale:
@@ -50,5 +39,5 @@ def main(check: bool, manifest: Optional[Path] = None) -> int:
     for path in stale:
         print(f'{"out of date" if check else "wrote"}: {path}')
     if not stale:
-        print('the package manifest copy and MODEL_CARDS.md match hub/manifest.json')
+        print(f'MODEL_CARDS.md matches {manifest or MANIFEST_PATH}')
     return 1 if check and stale else 0

@@ -1,24 +1,27 @@
-"""The model zoo: one entry per published weight, read from ``hub/manifest.json``.
+"""The model zoo: one entry per published weight, read from ``manifest.json`` (shipped in this package).
 
-The manifest is the single source of truth. ``timm-mrla zoo sync`` copies it into the package
-(``_manifest.py``, so an installed package needs no data files) and writes ``MODEL_CARDS.md``; the model
-families turn its entries into timm pretrained tags with ``pretrained_cfgs``.
+The manifest is the single source of truth: the model families turn its entries into timm pretrained tags
+with ``pretrained_cfgs``, and ``timm-mrla zoo sync`` writes ``MODEL_CARDS.md`` from it. Every model also
+gets warm-start tags (``warm_starts``) that load timm's own weights of the model it extends.
 
 The entries live in the manifest's Hub organisation (``hub_org``); set ``TIMM_MRLA_HUB_ORG`` before
 importing ``timm_mrla`` to take them from a mirror or a fork instead (the repository names and revisions
 stay).
 """
+import functools
 import json
 import os
 from dataclasses import dataclass, field
+from importlib.resources import files
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 HUB_ORG_ENV = 'TIMM_MRLA_HUB_ORG'
 WEIGHTS_FILE = 'model.safetensors'
+MANIFEST_PATH = Path(str(files(__package__) / 'manifest.json'))
 
-__all__ = ['HUB_ORG_ENV', 'WEIGHTS_FILE', 'Metric', 'ZooWeight', 'hub_org', 'parse_manifest',
-           'zoo', 'find_weight', 'pretrained_cfgs', 'architecture_cfg']
+__all__ = ['HUB_ORG_ENV', 'WEIGHTS_FILE', 'MANIFEST_PATH', 'Metric', 'ZooWeight', 'WarmStart', 'hub_org', 'parse_manifest',
+           'zoo', 'find_weight', 'warm_starts', 'warm_start_named', 'pretrained_cfgs', 'architecture_cfg']
 
 
 @dataclass(frozen=True)
@@ -64,9 +67,13 @@ class ZooWeight:
         return f'{self.repo_id(org)}@{self.revision}'
 
 
+@functools.lru_cache(maxsize=None)
+def _manifest() -> Dict[str, Any]:
+    return read_manifest(MANIFEST_PATH)
+
+
 def default_hub_org() -> str:
-    from ._manifest import MANIFEST
-    return MANIFEST['hub_org']
+    return _manifest()['hub_org']
 
 
 def hub_org() -> str:
@@ -105,9 +112,8 @@ def read_manifest(path: Path) -> Dict[str, Any]:
 
 
 def zoo() -> List[ZooWeight]:
-    """The published weights, from the manifest copy inside the package."""
-    from ._manifest import MANIFEST
-    return parse_manifest(MANIFEST, 'timm_mrla/hub/_manifest.py')
+    """The published weights."""
+    return parse_manifest(_manifest(), str(MANIFEST_PATH))
 
 
 def find_weight(repo_id: str, revision: Optional[str]) -> Optional[ZooWeight]:
@@ -129,24 +135,94 @@ def architecture_cfg(model: str) -> Dict[str, Any]:
     return dict(_ARCHITECTURE_CFGS[model])
 
 
-def pretrained_cfgs(base_cfgs: Dict[str, Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
-    """``default_cfgs`` entries for a model family: each model's published weights as pretrained tags, the
-    first default one (see ``ZooWeight.default``) the model's default; the untagged config stays the default
-    where no such weight is published."""
+# Warm starts come from these timm pretrained tags of a base model besides its default one: the ResNet recipes
+# most used as fine-tuning starts (ResNet strikes back A1, torchvision's original and its improved recipe)
+WARM_START_EXTRA_TAGS = ('a1_in1k', 'tv_in1k', 'tv2_in1k')
+WARM_START_SUFFIX = '_warmstart'
+# what a warm start takes from its base tag: the weights' data config (and the pool size at that input), classes
+# and license
+WARM_START_DATA_FIELDS = ('num_classes', 'input_size', 'pool_size', 'test_input_size', 'min_input_size',
+                          'fixed_input_size', 'interpolation', 'crop_pct', 'test_crop_pct', 'crop_mode', 'mean', 'std',
+                          'label_names', 'label_descriptions', 'license', 'hf_hub_filename')
+
+
+@dataclass(frozen=True)
+class WarmStart:
+    """A pretrained tag that loads timm's own weights of the base model, with every MRLA branch switched off."""
+    model: str
+    base: str  # timm name with its tag, e.g. 'resnet50.a1_in1k'
+
+    @property
+    def tag(self) -> str:
+        return self.base.split('.', 1)[1] + WARM_START_SUFFIX
+
+    @property
+    def name(self) -> str:
+        return f'{self.model}.{self.tag}'
+
+    def note(self) -> str:
+        return (f"Warm start: MRLA branches untrained; computes exactly timm's {self.base}; for fine-tuning. "
+                f"The weights are timm's own file for {self.base}, downloaded from its Hub repository as timm "
+                f"downloads it (latest revision, no sha256 of timm-mrla's: the file is timm's, not ours).")
+
+
+def warm_starts(base_models: Dict[str, str]) -> List[WarmStart]:
+    """The warm starts of MRLA models (name -> timm base architecture): from each base's default pretrained tag
+    and its ``WARM_START_EXTRA_TAGS``, where timm hosts them on the Hub; a zoo weight of the same name wins."""
+    import timm
+    published = {w.name for w in zoo()}
+    out = []
+    for model, base in base_models.items():
+        default = timm.models.get_pretrained_cfg(base)
+        available = timm.models.get_arch_pretrained_cfgs(base)
+        for tag in [default.tag] + [t for t in WARM_START_EXTRA_TAGS if t != default.tag]:
+            cfg = available.get(f'{base}.{tag}')
+            warm_start = WarmStart(model, f'{base}.{tag}')
+            if cfg is not None and cfg.hf_hub_id and warm_start.name not in published:
+                out.append(warm_start)
+    return out
+
+
+def warm_start_named(name: str) -> Optional[WarmStart]:
+    """The warm start registered as ``model.tag``, if that is one."""
+    return _WARM_STARTS.get(name)
+
+
+_WARM_STARTS: Dict[str, WarmStart] = {}
+
+
+def _warm_start_cfg(arch_cfg: Dict[str, Any], warm_start: WarmStart) -> Dict[str, Any]:
+    import timm
+    base = timm.models.get_pretrained_cfg(warm_start.base).to_dict()
+    data = {k: base[k] for k in WARM_START_DATA_FIELDS if base.get(k) is not None}
+    return dict(arch_cfg, **data, hf_hub_id=base['hf_hub_id'], notes=(warm_start.note(),))
+
+
+def pretrained_cfgs(base_cfgs: Dict[str, Dict[str, Any]], base_models: Dict[str, str]) -> Dict[str, Dict[str, Any]]:
+    """``default_cfgs`` entries for a model family (architecture configs, each model's timm base architecture):
+    each model's published weights and its warm starts (``warm_starts``) as pretrained tags. The untagged name
+    loads the first published default weight (see ``ZooWeight.default``), else the warm start from the base
+    model's default tag; weights for another input or task come last and load only by their tag."""
     weights = zoo()
     cfgs: Dict[str, Dict[str, Any]] = {}
     _ARCHITECTURE_CFGS.update(base_cfgs)
+    for warm_start in warm_starts(base_models):
+        _WARM_STARTS[warm_start.name] = warm_start
     for model, cfg in base_cfgs.items():
-        published = sorted((w for w in weights if w.model == model), key=lambda w: not w.default)
-        for w in published:
-            overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in w.pretrained_cfg.items()}
-            cfgs[w.name] = dict(cfg, hf_hub_id=w.hf_hub_id(), license=w.license, **overrides)
-        if not published:
-            cfgs[model] = cfg
-        elif not published[0].default:
-            # timm's explicit-default mark, after the tags: generate_default_cfgs puts the untagged config first
-            cfgs[f'{model}.*'] = cfg
+        published = [w for w in weights if w.model == model]
+        for w in [w for w in published if w.default]:
+            cfgs[w.name] = _weight_cfg(cfg, w)
+        for warm_start in _WARM_STARTS.values():
+            if warm_start.model == model:
+                cfgs[warm_start.name] = _warm_start_cfg(cfg, warm_start)
+        for w in [w for w in published if not w.default]:
+            cfgs[w.name] = _weight_cfg(cfg, w)
     return cfgs
+
+
+def _weight_cfg(arch_cfg: Dict[str, Any], weight: ZooWeight) -> Dict[str, Any]:
+    overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in weight.pretrained_cfg.items()}
+    return dict(arch_cfg, hf_hub_id=weight.hf_hub_id(), license=weight.license, notes=(weight.summary,), **overrides)
 
 
 def weights_for(names: Iterable[str]) -> List[ZooWeight]:

@@ -1,6 +1,6 @@
 """``timm-mrla zoo folder``: the Hub-ready folder of a manifest entry, from a training checkpoint or a warm start.
 
-To publish a weight: add its entry to hub/manifest.json with an empty ``sha256`` and ``revision``, run
+To publish a weight: add its entry to timm_mrla/hub/manifest.json with an empty ``sha256`` and ``revision``, run
 ``timm-mrla zoo folder NAME --checkpoint CKPT --out DIR`` (or ``--warmstart SOURCE``), copy the sha256 and
 the commit it prints into the entry, ``timm-mrla zoo sync``, then ``timm-mrla push DIR --repo ORG/REPO``
 (and set the revision to the commit push reports, if the Hub made a different one).
@@ -14,8 +14,7 @@ from .cache import git_commit_id
 from .cards import card_for_weight
 from .download import sha256_of
 from .folder import FOLDER_FILES, FolderError, check_writable, write_folder
-from .sync import MANIFEST_PATH
-from .zoo import Metric, ZooWeight, architecture_cfg, read_manifest
+from .zoo import MANIFEST_PATH, Metric, ZooWeight, architecture_cfg, read_manifest
 
 __all__ = ['draft_weight', 'write_zoo_folder']
 

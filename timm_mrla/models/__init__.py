@@ -1,4 +1,5 @@
 from . import deit, efficientnet, resnet
+from ._helpers import AuthorsCheckpointError
 from .deit import *
 from .efficientnet import *
 from .resnet import *

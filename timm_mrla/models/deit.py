@@ -26,12 +26,21 @@ from timm.models import VisionTransformer, build_model_with_cfg, generate_defaul
 from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint
 from timm.models.vision_transformer import Block
+from timm.models.vision_transformer import checkpoint_filter_fn as vit_checkpoint_filter_fn
 
 from timm_mrla.layers import MRLABase, MRLALight
 from timm_mrla.hub import pretrained_cfgs
-from ._helpers import build_mrla_model, lambda_no_weight_decay, remap_state_dict
+from ._helpers import AuthorsLayoutMixin, build_mrla_model, lambda_no_weight_decay, remap_state_dict, \
+    with_mrla_switched_off
 
 __all__ = ['MRLAVisionTransformer', 'MRLABaseVisionTransformer', 'MRLALightBlock', 'MRLABaseBlock']
+
+# the authors' state-dict keys -> ours (checkpoint_filter_fn, and load_state_dict of the models)
+_AUTHORS_KEY_RULES = (
+    (r'\.mrla\.normx\.', '.norm_mrla.'),
+    (r'\.mrla\.normo\.', '.norm_mrla_prev.'),
+    (r'\.mrla\.mrla\.W([qkv])\.', lambda m: f'.mrla.{m[1].lower()}.'),
+)
 
 
 def _to_grid(tokens: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
@@ -97,12 +106,14 @@ class MRLABaseBlock(Block):
         return x + torch.cat([x_norm[:, :num_prefix_tokens], _to_tokens(out)], dim=1), key, value
 
 
-class MRLAVisionTransformer(VisionTransformer):
+class MRLAVisionTransformer(AuthorsLayoutMixin, VisionTransformer):
     """timm ``VisionTransformer`` of ``MRLALightBlock``: its blocks also receive the patch grid.
 
     Takes every ``VisionTransformer`` argument except ``patch_drop_rate``: MRLA lays the patch tokens out on
     their grid, which patch dropout would break.
     """
+
+    authors_key_rules = _AUTHORS_KEY_RULES
 
     def __init__(self, *args, block_fn=MRLALightBlock, patch_drop_rate: float = 0., **kwargs):
         if patch_drop_rate:
@@ -234,16 +245,12 @@ class MRLABaseVisionTransformer(MRLAVisionTransformer):
         return x, intermediates
 
 
-_AUTHORS_KEY_RULES = (
-    (r'\.mrla\.normx\.', '.norm_mrla.'),
-    (r'\.mrla\.normo\.', '.norm_mrla_prev.'),
-    (r'\.mrla\.mrla\.W([qkv])\.', lambda m: f'.mrla.{m[1].lower()}.'),
-)
-
-
 def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: nn.Module) -> Dict[str, torch.Tensor]:
-    """Map a state dict of the authors' ``ViT_mrlal`` / ``ViT_mrlab`` (deit/main.py) onto ours."""
-    return remap_state_dict(state_dict, model, _AUTHORS_KEY_RULES)
+    """Map a state dict of the authors' ``ViT_mrlal`` / ``ViT_mrlab`` (deit/main.py) onto ours; the base timm model's weights become a warm
+    start (``with_mrla_switched_off``)."""
+    # then timm's ViT filter, as for timm's DeiT: position embeddings resampled for another img_size
+    state_dict = vit_checkpoint_filter_fn(remap_state_dict(state_dict, model, _AUTHORS_KEY_RULES), model)
+    return with_mrla_switched_off(state_dict, model)
 
 
 def _create_mrla_deit(variant: str, pretrained: bool = False, **kwargs) -> MRLAVisionTransformer:
@@ -291,7 +298,7 @@ default_cfgs = generate_default_cfgs(pretrained_cfgs({
     'deit_tiny_mrla_base': _cfg(),
     'deit_small_mrla_base': _cfg(),
     'deit_base_mrla_base': _cfg(),
-}))
+}, BASE_MODELS))
 
 _TINY = dict(patch_size=16, embed_dim=192, depth=12, num_heads=3)
 _SMALL = dict(patch_size=16, embed_dim=384, depth=12, num_heads=6)

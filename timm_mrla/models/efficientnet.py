@@ -24,9 +24,15 @@ from timm.models._efficientnet_builder import (
 
 from timm_mrla.layers import MRLALight, add_mrla_light
 from timm_mrla.hub import pretrained_cfgs
-from ._helpers import build_mrla_model, lambda_no_weight_decay, remap_state_dict
+from ._helpers import AuthorsLayoutMixin, build_mrla_model, lambda_no_weight_decay, remap_state_dict, \
+    with_mrla_switched_off
 
 __all__ = ['MRLAEfficientNet', 'MRLAInvertedResidual']
+
+# the authors' state-dict keys -> ours (checkpoint_filter_fn, and load_state_dict of the models)
+_AUTHORS_KEY_RULES = (
+    (r'\.mrla\.mla\.W([qkv])\.', lambda m: f'.mrla.{m[1].lower()}.'),
+)
 
 
 class MRLAInvertedResidual(InvertedResidual):
@@ -71,8 +77,10 @@ class MRLAInvertedResidual(InvertedResidual):
         return add_mrla_light(x, shortcut, self.mrla, self.bn_mrla, self.drop_path_mrla)
 
 
-class MRLAEfficientNet(EfficientNet):
+class MRLAEfficientNet(AuthorsLayoutMixin, EfficientNet):
     """timm ``EfficientNet`` whose inverted-residual blocks with a skip connection carry MRLA-light."""
+
+    authors_key_rules = _AUTHORS_KEY_RULES
 
     def __init__(self, *args, mrla_num_heads: int = 8, **kwargs):
         super().__init__(*args, **kwargs)
@@ -86,14 +94,10 @@ class MRLAEfficientNet(EfficientNet):
         return lambda_no_weight_decay(self)
 
 
-_AUTHORS_KEY_RULES = (
-    (r'\.mrla\.mla\.W([qkv])\.', lambda m: f'.mrla.{m[1].lower()}.'),
-)
-
-
 def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: nn.Module) -> Dict[str, torch.Tensor]:
-    """Map a state dict of the authors' ``EfficientNet_MRLA`` (timm train.py) onto ours."""
-    return remap_state_dict(state_dict, model, _AUTHORS_KEY_RULES)
+    """Map a state dict of the authors' ``EfficientNet_MRLA`` (timm train.py) onto ours; the base timm model's weights become a warm
+    start (``with_mrla_switched_off``)."""
+    return with_mrla_switched_off(remap_state_dict(state_dict, model, _AUTHORS_KEY_RULES), model)
 
 
 def _create_mrla_effnet(variant: str, pretrained: bool = False, **kwargs) -> MRLAEfficientNet:
@@ -185,7 +189,7 @@ default_cfgs = generate_default_cfgs(pretrained_cfgs({
                                  test_input_size=(3, 288, 288)),
     # as timm's tf_efficientnet_lite0 (its TF-trained weights expect mean/std 0.5); MRLA placed as in the B0
     'tf_efficientnet_lite0_mrla': _cfg(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)),
-}))
+}, BASE_MODELS))
 
 
 @register_model

@@ -26,9 +26,16 @@ from timm.models import BasicBlock, Bottleneck, ResNet, build_model_with_cfg, ge
 
 from timm_mrla.layers import MRLABase, MRLALight, add_mrla_light
 from timm_mrla.hub import pretrained_cfgs
-from ._helpers import build_mrla_model, lambda_no_weight_decay, remap_state_dict
+from ._helpers import AuthorsLayoutMixin, build_mrla_model, lambda_no_weight_decay, remap_state_dict, \
+    with_mrla_switched_off
 
 __all__ = ['MRLAResNet', 'MRLABaseResNet', 'MRLABasicBlock', 'MRLABottleneck', 'MRLABaseBottleneck']
+
+# the authors' state-dict keys -> ours (checkpoint_filter_fn, and load_state_dict of the models)
+_AUTHORS_KEY_RULES = (
+    (r'^stages\.(\d+)\.', lambda m: f'layer{int(m[1]) + 1}.'),  # MRLA-base keeps its stages in a list
+    (r'\.mrla\.mrla\.W([qkv])\.', lambda m: f'.mrla.{m[1].lower()}.'),
+)
 
 
 class MRLABasicBlock(BasicBlock):
@@ -175,12 +182,14 @@ class MRLABaseStage(nn.Sequential):
         return x
 
 
-class MRLAResNet(ResNet):
+class MRLAResNet(AuthorsLayoutMixin, ResNet):
     """timm ``ResNet`` built from MRLA blocks.
 
     Takes every ``ResNet`` argument; ``drop_path_rate`` becomes the constant drop-path rate of each
     block's MRLA branch (the residual branch gets none, as in the authors' models).
     """
+
+    authors_key_rules = _AUTHORS_KEY_RULES
 
     def __init__(self, block, layers, drop_path_rate: float = 0., block_args=None, **kwargs):
         block_args = dict(block_args or {}, mrla_drop_path=drop_path_rate)
@@ -209,15 +218,10 @@ class MRLABaseResNet(MRLAResNet):
                 stage.grad_checkpointing = enable
 
 
-_AUTHORS_KEY_RULES = (
-    (r'^stages\.(\d+)\.', lambda m: f'layer{int(m[1]) + 1}.'),  # MRLA-base keeps its stages in a list
-    (r'\.mrla\.mrla\.W([qkv])\.', lambda m: f'.mrla.{m[1].lower()}.'),
-)
-
-
 def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: nn.Module) -> Dict[str, torch.Tensor]:
-    """Map a state dict of the authors' ``ResNet_mrlal`` / ``ResNet_mrlab`` onto ours."""
-    return remap_state_dict(state_dict, model, _AUTHORS_KEY_RULES)
+    """Map a state dict of the authors' ``ResNet_mrlal`` / ``ResNet_mrlab`` onto ours; the base timm model's weights become a warm
+    start (``with_mrla_switched_off``)."""
+    return with_mrla_switched_off(remap_state_dict(state_dict, model, _AUTHORS_KEY_RULES), model)
 
 
 def _create_mrla_resnet(variant: str, pretrained: bool = False, **kwargs) -> MRLAResNet:
@@ -257,7 +261,7 @@ default_cfgs = generate_default_cfgs(pretrained_cfgs({
     'resnet152_mrla': _cfg(),
     'resnet50_mrla_base': _cfg(first_conv='conv1.0'),
     'resnet101_mrla_base': _cfg(first_conv='conv1.0'),
-}))
+}, BASE_MODELS))
 
 
 @register_model
