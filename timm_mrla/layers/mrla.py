@@ -125,9 +125,11 @@ class MRLALight(_MRLAProjections):
         """``x + scale * self(x, prev) + shift``, for a frozen per-channel affine norm (eval BatchNorm) after the
         layer and the residual add around it. Needs a layer without value activation.
 
-        The norm's scale folds into the value kernel and ``lambda_t``. For a contiguous NCHW ``x`` the
-        per-sample gate, the shift and the residual identity fold in as well, into one depthwise convolution
-        over B*C groups, so the whole branch is that convolution plus one pass over ``prev``.
+        The norm's scale folds into the value kernel and ``lambda_t``. For a contiguous NCHW ``x`` run eagerly
+        the per-sample gate, the shift and the residual identity fold in as well, into one depthwise convolution
+        over B*C groups, so the whole branch is that convolution plus one pass over ``prev``. A trace
+        (``torch.jit.trace``, the ONNX exporter with ``dynamo=False``) gets the C-group convolution with its
+        static kernel instead, as that kernel does not depend on the batch size the trace would freeze.
         """
         weight = self.v.weight * scale[:, None, None, None]
         prev_scale = (scale * self.lambda_t).to(x.dtype)[:, None, None]
@@ -137,7 +139,7 @@ class MRLALight(_MRLAProjections):
 def _folded_light(x: torch.Tensor, prev: torch.Tensor, gate: torch.Tensor, weight: torch.Tensor,
                   prev_scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     """``x + gate * dwconv3x3(x, weight) + prev_scale * prev + shift`` (see ``MRLALight.forward_folded``)."""
-    if x.is_contiguous():
+    if x.is_contiguous() and not torch.jit.is_tracing():
         b, c, h, w = x.shape
         kernel = (gate * weight.view(1, c, 3, 3)).reshape(b * c, 1, 3, 3)
         kernel[:, :, 1, 1] += 1  # the residual identity
