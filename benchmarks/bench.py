@@ -144,7 +144,7 @@ def bench_pair(name: str, mode: str, args, device: torch.device) -> Optional[dic
     runners = {k: Runner(m, mode, device, args.batch_size, args.img_size) for k, m in models.items()}
     runners['reference'] = Runner(reference, mode, device, args.batch_size, args.img_size, reference=True)
     row = {'model': name, 'base': base_name, 'mode': mode}
-    for phase in ('infer', 'train'):
+    for phase in () if args.memory_only else ('infer', 'train'):
         times = time_alternating({k: getattr(r, phase) for k, r in runners.items()}, args.repeats, args.warmup)
         for k, t in times.items():
             row[f'{phase}_{k}'] = args.batch_size / t
@@ -182,6 +182,16 @@ def table(rows: List[dict]) -> str:
     return '\n'.join(lines)
 
 
+def memory_table(rows: List[dict]) -> str:
+    lines = ['| model | timm base | mode | train memory MB (MRLA / base / reference / authors) | memory vs base '
+             '| vs reference | vs authors |', '|---|---|---|---|---|---|---|']
+    for r in rows:
+        mb = ' / '.join(f"{r[f'mem_{k}']:.0f}" if f'mem_{k}' in r else '-' for k in ('mrla', 'base', 'reference', 'authors'))
+        lines.append(f"| {r['model']} | {r['base']} | {r['mode']} | {mb} | {fmt_memory(r, 'base')} "
+                     f"| {fmt_memory(r, 'reference')} | {fmt_memory(r, 'authors')} |")
+    return '\n'.join(lines)
+
+
 def machine(device: torch.device) -> str:
     what = f'{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads'
     if device.type == 'cuda':
@@ -210,6 +220,8 @@ def main():
     parser.add_argument('--repeats', type=int, default=7)
     parser.add_argument('--warmup', type=int, default=2)
     parser.add_argument('--authors-repo', type=Path, help="checkout of github.com/joyfang1106/MRLA (never copied)")
+    parser.add_argument('--memory-only', action='store_true',
+                        help='only the training memory (saved tensors; not affected by machine load), no timings')
     parser.add_argument('--out', type=Path, help='also write the markdown table here')
     parser.add_argument('--worker', nargs=2, metavar=('MODEL', 'MODE'), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -226,13 +238,15 @@ def main():
             row = run_pair_in_subprocess(name, mode, sys.argv[1:])
             if row:
                 rows.append(row)
-                print(f"{name} [{mode}] infer x{fmt_ratio(row, 'infer', 'base')} train x{fmt_ratio(row, 'train', 'base')} "
+                print(f"{name} [{mode}] memory x{fmt_memory(row, 'base')}" if args.memory_only else
+                      f"{name} [{mode}] infer x{fmt_ratio(row, 'infer', 'base')} train x{fmt_ratio(row, 'train', 'base')} "
                       f"(vs reference x{fmt_ratio(row, 'infer', 'reference')} / x{fmt_ratio(row, 'train', 'reference')}) "
                       f"memory x{fmt_memory(row, 'base')}",
                       file=sys.stderr, flush=True)
     text = (f"Command: `python benchmarks/bench.py {' '.join(sys.argv[1:])}`\n\n"
             f"Machine: {machine(device)}; batch {args.batch_size}, {args.img_size}x{args.img_size}, "
-            f"median of {args.repeats} alternating repeats.\n\n{table(rows)}\n")
+            + ('training memory only' if args.memory_only else f'median of {args.repeats} alternating repeats')
+            + f".\n\n{memory_table(rows) if args.memory_only else table(rows)}\n")
     print(text)
     if args.out:
         args.out.write_text(text)
