@@ -163,6 +163,11 @@ class MRLABase(_MRLAProjections):
     the number of blocks and nothing is re-concatenated. See ``_MRLAProjections`` for the arguments.
     """
 
+    def attention(self, q: torch.Tensor, keys: List[torch.Tensor]) -> torch.Tensor:
+        """Softmax weights [B, T, num_heads] of query ``q`` [B, num_heads, head_dim] over the T ``keys``."""
+        all_keys = torch.stack(keys, dim=1)  # [B, T, num_heads, head_dim]
+        return ((all_keys * q.unsqueeze(1)).sum(-1) * self.scale).softmax(dim=1)
+
     def forward(
             self,
             x: torch.Tensor,
@@ -173,8 +178,7 @@ class MRLABase(_MRLAProjections):
             raise ValueError(f'MRLABase cache holds {len(keys)} keys but {len(values)} values')
         q, k = self.query_key(x)
         v = self.value(x)
-        all_keys = torch.stack(keys + [k], dim=1)  # [B, T, num_heads, head_dim]
-        attn = ((all_keys * q.unsqueeze(1)).sum(-1) * self.scale).softmax(dim=1)  # [B, T, num_heads]
+        attn = self.attention(q, keys + [k])
         all_values = values + [v]
         out = all_values[0] * self.expand_heads(attn[:, 0])
         for t in range(1, len(all_values)):

@@ -25,6 +25,7 @@ from timm.layers import DropPath
 from timm.models import BasicBlock, Bottleneck, ResNet, build_model_with_cfg, generate_default_cfgs, register_model
 
 from timm_mrla.layers import MRLABase, MRLALight, add_mrla_light
+from timm_mrla.layers.base_train import ValueCache, base_branch_applies, base_branch_train
 from timm_mrla.hub import pretrained_cfgs
 from ._helpers import (AuthorsLayoutMixin, build_mrla_model, lambda_no_weight_decay, remap_state_dict,
                        with_mrla_switched_off)
@@ -179,6 +180,12 @@ class MRLABaseBottleneck(MRLABottleneck):
             values: List[torch.Tensor],
     ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         out, _ = self.residual(x)
+        if not torch.jit.is_scripting():
+            if isinstance(values, ValueCache):  # the stage chose the training path
+                query, key = self.mrla.query_key(out)
+                value = self.mrla.value(out)
+                attn = self.mrla.attention(query, keys + [key])
+                return base_branch_train(out, attn, value, values, self), key, value
         attn, key, value = self.mrla(out, keys, values)
         return out + self.drop_path_mrla(self.act_mrla(self.bn_mrla(attn))), key, value
 
@@ -193,6 +200,9 @@ class MRLABaseStage(nn.Sequential):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         keys: List[torch.Tensor] = []
         values: List[torch.Tensor] = []
+        if not torch.jit.is_scripting():
+            if not self.grad_checkpointing and base_branch_applies(x, list(self)):
+                values = ValueCache()  # the blocks take the training path, which recomputes values in backward
         for block in self:
             if self.grad_checkpointing and not torch.jit.is_scripting():
                 # fresh list copies: the recompute in backward must see the cache as it was here

@@ -1,0 +1,163 @@
+"""The training path of the MRLA-base branch of the CNN blocks: ``out + drop_path(ReLU(BN(sum_s a_s * v_s)))``.
+
+Autograd would keep, per block, the value ``v_t = dwconv(out_t)`` (each later block's weighted sum saves it for
+the gradient of its attention weights), the weighted sum (saved by BatchNorm) and the ReLU output: three feature
+maps beyond the block output itself. ``_BaseBranch`` computes the weighted sum, BatchNorm, ReLU, drop-path and
+the residual add as one unit and keeps none of them: its backward recomputes the weighted sum, and the values
+are recomputed from the block outputs ``out_s`` (kept by the blocks' own ReLUs anyway) once per backward pass
+and shared by every block of the stage that attends to them, through the stage's ``ValueCache``.
+
+The attention weights (softmax over the stage's keys) and the values stay in autograd: they are small, or
+computed by the depthwise convolution whose own backward then runs once per value. BatchNorm runs through
+torch's own kernels, so batch statistics and running-statistics updates are those of ``nn.BatchNorm2d``;
+drop-path draws its mask as timm's ``DropPath`` does.
+"""
+from typing import Dict, List, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.layers import BatchNormAct2d, DropPath
+
+from .light_train import _average_factor, _observed
+
+__all__ = ['ValueCache', 'base_branch_applies', 'base_branch_train']
+
+
+class ValueCache(list):
+    """The values of one MRLA-base stage (a list, as the plain blocks take it) that also records, for the training
+    path, the map and the kernel each value was computed from, and holds during backward the values recomputed
+    from them."""
+
+    def __init__(self):
+        super().__init__()
+        self.maps: List[torch.Tensor] = []
+        self.kernels: List[torch.Tensor] = []
+        self.recomputed: Dict[int, torch.Tensor] = {}
+
+
+def base_branch_applies(x: torch.Tensor, blocks: List[nn.Module]) -> bool:
+    """Whether ``base_branch_train`` computes exactly what the plain modules of every block would: training-mode
+    ``nn.BatchNorm2d`` (or timm's ``BatchNormAct2d`` without activation and drop), ``nn.ReLU``, identity or timm
+    ``DropPath``, a layer without value activation, nobody observing the modules, no autocast to another dtype,
+    and no tracer. The stage decides once for all its blocks, as each block's unit needs the values of all before it."""
+    if isinstance(x, torch.fx.Proxy) or torch.compiler.is_compiling() or not torch.is_grad_enabled():
+        return False  # tracers take the plain modules: FX records them, Inductor recomputes on its own
+    device = x.device.type
+    if torch.is_autocast_enabled(device) and torch.get_autocast_dtype(device) != x.dtype:
+        return False
+    for block in blocks:
+        norm, act, drop_path, mrla = block.bn_mrla, block.act_mrla, block.drop_path_mrla, block.mrla
+        if type(norm) is BatchNormAct2d:
+            if not (isinstance(norm.act, nn.Identity) and isinstance(norm.drop, nn.Identity)):
+                return False
+        elif type(norm) is not nn.BatchNorm2d:
+            return False
+        if type(act) is not nn.ReLU or type(drop_path) not in (nn.Identity, DropPath):
+            return False
+        if not isinstance(mrla.value_act, nn.Identity) or not norm.training:
+            return False
+        if any(_observed(m) for m in (mrla, norm, act, drop_path)):
+            return False
+    return True
+
+
+def _expand_heads(weights: torch.Tensor, head_dim: int) -> torch.Tensor:
+    """Per-head weights [B, num_heads] -> per-channel [B, C, 1, 1]."""
+    return weights.repeat_interleave(head_dim, dim=1)[:, :, None, None]
+
+
+def _weighted_sum(attn: torch.Tensor, values: List[torch.Tensor], head_dim: int) -> torch.Tensor:
+    out = torch.mul(values[0], _expand_heads(attn[:, 0], head_dim))
+    for s in range(1, len(values)):
+        out.addcmul_(values[s], _expand_heads(attn[:, s], head_dim))
+    return out
+
+
+class _BaseBranch(torch.autograd.Function):
+    """``out + keep_scale * ReLU(BN_train(sum_s attn[:, s] * values[s])))``, saving no feature map of its own.
+
+    ``attn`` [B, T, num_heads]; ``values`` the T values [B, C, H, W] (used, not saved), computed from ``maps`` by
+    depthwise convolution with ``kernels`` (saved: the maps are kept by the blocks anyway); ``recomputed``, shared
+    by a stage's units, holds the values recomputed in backward until the block that made them is done. The
+    drop-path factors ``keep_scale`` [B, 1, 1, 1] (non-negative, so they commute with the ReLU) are drawn here.
+    """
+
+    @staticmethod
+    def forward(ctx, recomputed, head_dim, attn, out, bn_weight, bn_bias, running_mean, running_var, momentum,
+                eps, drop_prob, scale_by_keep, *tensors):
+        num_values = attn.shape[1]
+        values, maps, kernels = tensors[:num_values], tensors[num_values:2 * num_values], tensors[2 * num_values:]
+        summed = _weighted_sum(attn, values, head_dim)
+        mean, var = torch.batch_norm_update_stats(summed, running_mean, running_var, momentum)
+        invstd = torch.rsqrt(var + eps)
+        keep_scale = None
+        if drop_prob > 0.:  # timm's DropPath mask, drawn at the same point in the RNG stream
+            keep_prob = 1. - drop_prob
+            keep_scale = out.new_empty((out.shape[0], 1, 1, 1)).bernoulli_(keep_prob)
+            if keep_prob > 0. and scale_by_keep:
+                keep_scale.div_(keep_prob)
+        scale, shift = _scale_shift(mean, invstd, bn_weight, bn_bias, keep_scale)
+        result = torch.addcmul(shift, summed, scale, out=summed).relu_().add_(out)
+        ctx.save_for_backward(attn, bn_weight, bn_bias, mean, invstd, keep_scale, *maps, *kernels)
+        ctx.recomputed, ctx.head_dim, ctx.eps = recomputed, head_dim, eps
+        return result
+
+    @staticmethod
+    def backward(ctx, grad_result):
+        attn, bn_weight, bn_bias, mean, invstd, keep_scale, *sources = ctx.saved_tensors
+        num_values = attn.shape[1]
+        maps, kernels = sources[:num_values], sources[num_values:]
+        values = []
+        for s in range(num_values):
+            if s not in ctx.recomputed:  # the first block of the backward pass to need it (or a second pass)
+                ctx.recomputed[s] = F.conv2d(maps[s], kernels[s].to(maps[s].dtype), None, 1, 1, 1, maps[s].shape[1])
+            values.append(ctx.recomputed[s])
+        # this block made the last value it uses; no block before it attends to it
+        del ctx.recomputed[num_values - 1]
+        summed = _weighted_sum(attn, values, ctx.head_dim)
+        scale, shift = _scale_shift(mean, invstd, bn_weight, bn_bias, keep_scale)
+        # through the ReLU, its mask taken in the maps' dtype as in forward
+        grad_norm_out = torch.addcmul(shift, summed, scale, out=torch.empty_like(summed)).gt_(0).mul_(grad_result)
+        if keep_scale is not None:
+            grad_norm_out.mul_(keep_scale)
+        affine = bn_weight is not None
+        grad_summed, grad_bn_weight, grad_bn_bias = torch.ops.aten.native_batch_norm_backward(
+            grad_norm_out, summed, bn_weight, None, None, mean, invstd, True, ctx.eps, [True, affine, affine])
+        del grad_norm_out
+        grad_attn, grad_values = [], []
+        for s, value in enumerate(values):
+            per_channel = torch.mul(grad_summed, value, out=summed).sum((2, 3))
+            grad_attn.append(per_channel.unflatten(1, (-1, ctx.head_dim)).sum(-1))
+            grad_values.append(grad_summed * _expand_heads(attn[:, s], ctx.head_dim))
+        grad_attn = torch.stack(grad_attn, 1).to(attn.dtype)
+        return (None, None, grad_attn, grad_result, grad_bn_weight, grad_bn_bias, None, None, None, None, None, None,
+                *grad_values, *[None] * (2 * num_values))
+
+
+def _scale_shift(mean: torch.Tensor, invstd: torch.Tensor, bn_weight: Optional[torch.Tensor],
+                 bn_bias: Optional[torch.Tensor], keep_scale: Optional[torch.Tensor]):
+    """BatchNorm with batch statistics as one per-channel affine map, drop-path folded in."""
+    scale = invstd if bn_weight is None else invstd * bn_weight
+    shift = -mean * scale if bn_bias is None else bn_bias - mean * scale
+    scale, shift = scale[:, None, None], shift[:, None, None]
+    if keep_scale is not None:
+        scale, shift = scale * keep_scale, shift * keep_scale
+    return scale, shift
+
+
+def base_branch_train(out: torch.Tensor, attn: torch.Tensor, value: torch.Tensor, cache: ValueCache,
+                      block: nn.Module) -> torch.Tensor:
+    """``out + drop_path(ReLU(BN(attention output)))`` of an MRLA-base block in training mode, through
+    ``_BaseBranch`` (``base_branch_applies`` says when it is exact). ``attn`` [B, T, num_heads] are the block's
+    softmax weights over the stage's values so far (``cache``) and its own ``value``, computed from ``out``."""
+    norm, drop_path, mrla = block.bn_mrla, block.drop_path_mrla, block.mrla
+    cache.maps.append(out)
+    cache.kernels.append(mrla.v.weight)
+    track = norm.track_running_stats
+    momentum = _average_factor(norm.num_batches_tracked if track else None, norm.momentum)
+    return _BaseBranch.apply(
+        cache.recomputed, mrla.head_dim, attn, out, norm.weight, norm.bias,
+        norm.running_mean if track else None, norm.running_var if track else None, momentum, norm.eps,
+        getattr(drop_path, 'drop_prob', 0.), getattr(drop_path, 'scale_by_keep', True),
+        *cache, value, *cache.maps, *cache.kernels)
