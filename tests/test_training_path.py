@@ -238,6 +238,21 @@ def test_torch_compile_of_a_training_model():
     _assert_blocks_equal(compiled_block, block, got, want)
 
 
+def sgd_steps(model: nn.Module, x: torch.Tensor, steps: int = 2):
+    """The outputs of ``steps`` SGD steps on a cross-entropy loss (targets 0, 1, ...), each seeded for drop-path."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    target = torch.arange(x.shape[0])
+    outs = []
+    for step in range(steps):
+        torch.manual_seed(step)
+        out = model(x)
+        nn.functional.cross_entropy(out, target).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        outs.append(out.detach())
+    return outs
+
+
 def test_model_training_steps_equal_reference():
     """resnet18_mrla, float64, drop-path on: two SGD steps give the reference form's outputs, weights and
     running statistics."""
@@ -245,22 +260,9 @@ def test_model_training_steps_equal_reference():
     model = timm.create_model('resnet18_mrla', num_classes=5, drop_path_rate=0.3).double().train()
     ref_model = copy.deepcopy(model)
     x = torch.randn(4, 3, 32, 32, dtype=torch.float64)
-    target = torch.tensor([0, 1, 2, 3])
-
-    def train(m):
-        optimizer = torch.optim.SGD(m.parameters(), lr=0.1)
-        outs = []
-        for step in range(2):
-            torch.manual_seed(step)
-            out = m(x)
-            nn.functional.cross_entropy(out, target).backward()
-            optimizer.step()
-            optimizer.zero_grad()
-            outs.append(out.detach())
-        return outs
-    outs = train(model)
+    outs = sgd_steps(model, x)
     with reference_mode(ref_model):
-        ref_outs = train(ref_model)
+        ref_outs = sgd_steps(ref_model, x)
     for a, b in zip(outs, ref_outs):
         assert rel_error(a, b) <= 1e-10
     state, ref_state = model.state_dict(), ref_model.state_dict()

@@ -1,4 +1,6 @@
-"""The training path of the MRLA-light branch of the CNN blocks: ``x + drop_path(BN(mrla_light(x, prev)))``.
+"""Training paths of MRLA-light that recompute their feature maps in backward instead of storing them.
+
+CNN blocks: ``x + drop_path(BN(mrla_light(x, prev)))``.
 
 Autograd would keep, per block, the value ``dwconv(x)``, the pre-norm sum, the normalised map and a product
 or two: several feature maps for a branch whose arithmetic is a depthwise convolution and a few per-channel
@@ -10,6 +12,14 @@ The per-head gate stays outside, in autograd: it is [B, C] and its own small gra
 carries its gradient back to ``x`` and the query/key weights. BatchNorm runs through torch's own kernels
 (``native_batch_norm`` and its backward), so batch statistics and running-statistics updates are those of
 ``nn.BatchNorm2d``; drop-path draws its mask as timm's ``DropPath`` does.
+
+DeiT blocks: ``mrla_light(LN_x(x), LN_prev(prev))`` with a GELU value, on the patch tokens' grid. Autograd would
+keep the normalised ``x`` (for the convolution), the convolution's output (for GELU), the value (for the gate's
+gradient) and the normalised ``prev`` (for lambda's): four token maps. Both LayerNorms and the gate stay in
+autograd, which keeps their inputs: ``x`` and ``prev`` (the block input, kept by its first norm anyway).
+``_TokenLight`` takes the normalised grids as inputs without saving them and in backward recomputes them from
+``x`` and ``prev`` with the same ``F.layer_norm`` calls, then the value, so the branch keeps no token map of its
+own.
 """
 from typing import Optional, Tuple
 
@@ -17,9 +27,9 @@ import torch
 import torch.fx
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import BatchNormAct2d, DropPath
+from timm.layers import BatchNormAct2d, DropPath, LayerNorm
 
-__all__ = ['light_branch_applies', 'light_branch_train']
+__all__ = ['light_branch_applies', 'light_branch_train', 'token_light', 'token_light_applies']
 
 
 def _observed(module: nn.Module) -> bool:
@@ -164,3 +174,101 @@ def light_branch_train(x: torch.Tensor, prev: torch.Tensor, mrla: nn.Module, nor
         getattr(drop_path, 'drop_prob', 0.), getattr(drop_path, 'scale_by_keep', True),
         prev_input, getattr(prev_norm, 'weight', None), getattr(prev_norm, 'bias', None),
         getattr(prev_norm, 'eps', 0.))
+
+
+def _plain_layer_norm(norm: nn.Module) -> bool:
+    """A LayerNorm over the last dim whose forward is exactly ``F.layer_norm`` (timm's without fast-norm)."""
+    if type(norm) is LayerNorm:
+        return not norm._fast_norm
+    return type(norm) is nn.LayerNorm
+
+
+def token_light_applies(x: torch.Tensor, prev: torch.Tensor, mrla: nn.Module, norm: nn.Module,
+                        prev_norm: nn.Module) -> bool:
+    """Whether ``token_light``'s unit computes exactly what ``mrla(x, prev)`` would, where ``x`` and ``prev`` are
+    the grids of ``norm`` / ``prev_norm`` outputs.
+
+    That needs a training layer with a GELU value, plain LayerNorms, grad mode, grids of one dtype and shape
+    (outside any autocast of another dtype), and nobody observing the layer's modules or altering the norms'
+    outputs (hooks, a patched forward), which the recompute would miss.
+    """
+    if not (mrla.training and _plain_layer_norm(norm) and _plain_layer_norm(prev_norm)
+            and type(mrla.value_act) is nn.GELU):
+        return False
+    if any(_observed(m) for m in (mrla, mrla.v, mrla.value_act, norm, prev_norm)):
+        return False
+    if isinstance(x, torch.fx.Proxy) or isinstance(prev, torch.fx.Proxy):
+        return True  # FX tracing: grad mode and dtypes are only known when the traced model runs
+    device = x.device.type
+    if torch.is_autocast_enabled(device) and torch.get_autocast_dtype(device) != x.dtype:
+        return False  # autocast would cast inside the branch; the plain modules do that
+    return torch.is_grad_enabled() and x.dtype == prev.dtype and x.shape == prev.shape
+
+
+class _TokenLight(torch.autograd.Function):
+    """``lambda_t * prev + gate * GELU(dwconv3x3(x, weight))`` for grids ``x``, ``prev`` that are views of
+    ``F.layer_norm`` outputs, saving neither: backward recomputes them from the LayerNorm inputs ``x_src`` and
+    ``prev_src`` with the same calls and takes the same views.
+    """
+
+    @staticmethod
+    def forward(ctx, x, prev, gate, weight, lambda_t, approximate, x_src, x_weight, x_bias, x_eps, prev_src,
+                prev_weight, prev_bias, prev_eps):
+        channels = x.shape[1]
+        value = F.conv2d(x, weight.to(x.dtype), None, 1, 1, 1, channels)
+        torch.ops.aten.gelu_(value, approximate=approximate)
+        out = torch.mul(lambda_t.to(x.dtype)[:, None, None], prev).addcmul_(value, gate)
+        ctx.save_for_backward(gate, weight, lambda_t, x_src, x_weight, x_bias, prev_src, prev_weight, prev_bias)
+        ctx.approximate, ctx.x_eps, ctx.prev_eps = approximate, x_eps, prev_eps
+        ctx.x_view = x.size(), x.stride(), x.storage_offset()
+        ctx.prev_view = prev.size(), prev.stride(), prev.storage_offset()
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        gate, weight_param, lambda_t, x_src, x_weight, x_bias, prev_src, prev_weight, prev_bias = ctx.saved_tensors
+        channels = gate.shape[1]
+        # the grids bit for bit as forward saw them (a fresh layer_norm output has forward's layout)
+        x = F.layer_norm(x_src, (channels,), x_weight, x_bias, ctx.x_eps).as_strided(*ctx.x_view)
+        prev = F.layer_norm(prev_src, (channels,), prev_weight, prev_bias, ctx.prev_eps).as_strided(*ctx.prev_view)
+        weight = weight_param.to(x.dtype)
+        value_pre = F.conv2d(x, weight, None, 1, 1, 1, channels)
+        value = F.gelu(value_pre, approximate=ctx.approximate)
+        # per-channel sums and gradients through the dead buffers, not fresh products
+        grad_gate = value.mul_(grad_out).sum((2, 3), keepdim=True)
+        grad_lambda = torch.mul(grad_out, prev, out=value).sum((0, 2, 3)).to(lambda_t.dtype)
+        grad_prev = torch.mul(grad_out, lambda_t.to(x.dtype)[:, None, None], out=prev)
+        grad_pre = torch.ops.aten.gelu_backward.grad_input(
+            torch.mul(grad_out, gate, out=value), value_pre, approximate=ctx.approximate, grad_input=value_pre)
+        del value
+        grad_x, grad_weight, _ = torch.ops.aten.convolution_backward(
+            grad_pre, x, weight, None, [1, 1], [1, 1], [1, 1], False, [0, 0], channels, [True, True, False])
+        return (grad_x, grad_prev, grad_gate, grad_weight.to(weight_param.dtype), grad_lambda, None, None, None,
+                None, None, None, None, None, None)
+
+
+def _token_light(x: torch.Tensor, prev: torch.Tensor, gate: torch.Tensor, weight: torch.Tensor,
+                 lambda_t: torch.Tensor, approximate: str, x_src: torch.Tensor, x_weight: Optional[torch.Tensor],
+                 x_bias: Optional[torch.Tensor], x_eps: float, prev_src: torch.Tensor,
+                 prev_weight: Optional[torch.Tensor], prev_bias: Optional[torch.Tensor], prev_eps: float
+                 ) -> torch.Tensor:
+    return _TokenLight.apply(x, prev, gate, weight, lambda_t, approximate, x_src, x_weight, x_bias, x_eps,
+                             prev_src, prev_weight, prev_bias, prev_eps)
+
+
+# FX records the call as one node: a traced training model runs the same unit
+torch.fx.wrap('_token_light')
+
+
+def token_light(x: torch.Tensor, prev: torch.Tensor, mrla: nn.Module, x_src: torch.Tensor, norm: nn.Module,
+                prev_src: torch.Tensor, prev_norm: nn.Module) -> torch.Tensor:
+    """``mrla(x, prev)``, where ``x`` is a view (the patch tokens' grid) of ``norm(x_src)`` and ``prev`` one of
+    ``prev_norm(prev_src)``. In training it runs through ``_TokenLight`` where ``token_light_applies``: the norms
+    keep ``x_src`` and ``prev_src``, the layer nothing more than its gate. torch.compile gets the plain modules,
+    as Inductor rematerialises by itself.
+    """
+    if torch.compiler.is_compiling() or not token_light_applies(x, prev, mrla, norm, prev_norm):
+        return mrla(x, prev)
+    return _token_light(x, prev, mrla.gate(x), mrla.v.weight, mrla.lambda_t, mrla.value_act.approximate,
+                        x_src, norm.weight, norm.bias, norm.eps, prev_src, prev_norm.weight, prev_norm.bias,
+                        prev_norm.eps)

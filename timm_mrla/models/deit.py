@@ -29,6 +29,7 @@ from timm.models.vision_transformer import Block
 from timm.models.vision_transformer import checkpoint_filter_fn as vit_checkpoint_filter_fn
 
 from timm_mrla.layers import MRLABase, MRLALight
+from timm_mrla.layers.light_train import token_light
 from timm_mrla.hub import pretrained_cfgs
 from ._helpers import (AuthorsLayoutMixin, build_mrla_model, lambda_no_weight_decay, remap_state_dict,
                        with_mrla_switched_off)
@@ -57,7 +58,9 @@ class MRLALightBlock(Block):
     """timm ViT ``Block`` followed by the authors' token MRLA-light (``deit_mrla_light.py``).
 
     ``x + MRLA(x, block_input)`` where the patch tokens get
-    ``mrla_light(LN_x(x)) + lambda * LN_prev(block_input)`` and the prefix tokens ``LN_x(x)``.
+    ``mrla_light(LN_x(x)) + lambda * LN_prev(block_input)`` and the prefix tokens ``LN_x(x)``. In training the
+    layer recomputes both normalised grids in backward instead of keeping them (``token_light``);
+    TorchScript writes the layer out plainly.
     """
 
     def __init__(self, dim: int, num_heads: int, *args, norm_layer=LayerNorm, mrla_head_dim: int = 16,
@@ -73,8 +76,13 @@ class MRLALightBlock(Block):
         x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x))))
         x = x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
         x_norm = self.norm_mrla(x)
-        prev = self.norm_mrla_prev(prev[:, num_prefix_tokens:])
-        out = self.mrla(_to_grid(x_norm[:, num_prefix_tokens:], grid), _to_grid(prev, grid))
+        prev_tokens = prev[:, num_prefix_tokens:]
+        x_grid = _to_grid(x_norm[:, num_prefix_tokens:], grid)
+        prev_grid = _to_grid(self.norm_mrla_prev(prev_tokens), grid)
+        if torch.jit.is_scripting():
+            out = self.mrla(x_grid, prev_grid)
+        else:
+            out = token_light(x_grid, prev_grid, self.mrla, x, self.norm_mrla, prev_tokens, self.norm_mrla_prev)
         return x + torch.cat([x_norm[:, :num_prefix_tokens], _to_tokens(out)], dim=1)
 
 
