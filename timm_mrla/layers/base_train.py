@@ -12,14 +12,14 @@ computed by the depthwise convolution whose own backward then runs once per valu
 torch's own kernels, so batch statistics and running-statistics updates are those of ``nn.BatchNorm2d``;
 drop-path draws its mask as timm's ``DropPath`` does.
 """
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import BatchNormAct2d, DropPath
+from timm.layers import DropPath
 
-from .light_train import _average_factor, _observed
+from .recompute import average_factor, batchnorm_scale_shift, drop_path_keep_scale, is_plain_batchnorm, observed
 
 __all__ = ['ValueCache', 'base_branch_applies', 'base_branch_train']
 
@@ -48,16 +48,13 @@ def base_branch_applies(x: torch.Tensor, blocks: List[nn.Module]) -> bool:
         return False
     for block in blocks:
         norm, act, drop_path, mrla = block.bn_mrla, block.act_mrla, block.drop_path_mrla, block.mrla
-        if type(norm) is BatchNormAct2d:
-            if not (isinstance(norm.act, nn.Identity) and isinstance(norm.drop, nn.Identity)):
-                return False
-        elif type(norm) is not nn.BatchNorm2d:
+        if not is_plain_batchnorm(norm):
             return False
         if type(act) is not nn.ReLU or type(drop_path) not in (nn.Identity, DropPath):
             return False
         if not isinstance(mrla.value_act, nn.Identity) or not norm.training:
             return False
-        if any(_observed(m) for m in (mrla, norm, act, drop_path)):
+        if any(observed(m) for m in (mrla, norm, act, drop_path)):
             return False
     return True
 
@@ -91,13 +88,8 @@ class _BaseBranch(torch.autograd.Function):
         summed = _weighted_sum(attn, values, head_dim)
         mean, var = torch.batch_norm_update_stats(summed, running_mean, running_var, momentum)
         invstd = torch.rsqrt(var + eps)
-        keep_scale = None
-        if drop_prob > 0.:  # timm's DropPath mask, drawn at the same point in the RNG stream
-            keep_prob = 1. - drop_prob
-            keep_scale = out.new_empty((out.shape[0], 1, 1, 1)).bernoulli_(keep_prob)
-            if keep_prob > 0. and scale_by_keep:
-                keep_scale.div_(keep_prob)
-        scale, shift = _scale_shift(mean, invstd, bn_weight, bn_bias, keep_scale)
+        keep_scale = drop_path_keep_scale(out, drop_prob, scale_by_keep)
+        scale, shift = batchnorm_scale_shift(mean, invstd, bn_weight, bn_bias, keep_scale)
         result = torch.addcmul(shift, summed, scale, out=summed).relu_().add_(out)
         ctx.save_for_backward(attn, bn_weight, bn_bias, mean, invstd, keep_scale, *maps, *kernels)
         ctx.recomputed, ctx.head_dim, ctx.eps = recomputed, head_dim, eps
@@ -116,7 +108,7 @@ class _BaseBranch(torch.autograd.Function):
         # this block made the last value it uses; no block before it attends to it
         del ctx.recomputed[num_values - 1]
         summed = _weighted_sum(attn, values, ctx.head_dim)
-        scale, shift = _scale_shift(mean, invstd, bn_weight, bn_bias, keep_scale)
+        scale, shift = batchnorm_scale_shift(mean, invstd, bn_weight, bn_bias, keep_scale)
         # through the ReLU, its mask taken in the maps' dtype as in forward
         grad_norm_out = torch.addcmul(shift, summed, scale, out=torch.empty_like(summed)).gt_(0).mul_(grad_result)
         if keep_scale is not None:
@@ -135,17 +127,6 @@ class _BaseBranch(torch.autograd.Function):
                 *grad_values, *[None] * (2 * num_values))
 
 
-def _scale_shift(mean: torch.Tensor, invstd: torch.Tensor, bn_weight: Optional[torch.Tensor],
-                 bn_bias: Optional[torch.Tensor], keep_scale: Optional[torch.Tensor]):
-    """BatchNorm with batch statistics as one per-channel affine map, drop-path folded in."""
-    scale = invstd if bn_weight is None else invstd * bn_weight
-    shift = -mean * scale if bn_bias is None else bn_bias - mean * scale
-    scale, shift = scale[:, None, None], shift[:, None, None]
-    if keep_scale is not None:
-        scale, shift = scale * keep_scale, shift * keep_scale
-    return scale, shift
-
-
 def base_branch_train(out: torch.Tensor, attn: torch.Tensor, value: torch.Tensor, cache: ValueCache,
                       block: nn.Module) -> torch.Tensor:
     """``out + drop_path(ReLU(BN(attention output)))`` of an MRLA-base block in training mode, through
@@ -155,7 +136,7 @@ def base_branch_train(out: torch.Tensor, attn: torch.Tensor, value: torch.Tensor
     cache.maps.append(out)
     cache.kernels.append(mrla.v.weight)
     track = norm.track_running_stats
-    momentum = _average_factor(norm.num_batches_tracked if track else None, norm.momentum)
+    momentum = average_factor(norm.num_batches_tracked if track else None, norm.momentum)
     return _BaseBranch.apply(
         cache.recomputed, mrla.head_dim, attn, out, norm.weight, norm.bias,
         norm.running_mean if track else None, norm.running_var if track else None, momentum, norm.eps,

@@ -27,15 +27,11 @@ import torch
 import torch.fx
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import BatchNormAct2d, DropPath, LayerNorm
+from timm.layers import DropPath, LayerNorm
+
+from .recompute import average_factor, batchnorm_scale_shift, drop_path_keep_scale, is_plain_batchnorm, observed
 
 __all__ = ['light_branch_applies', 'light_branch_train', 'token_light', 'token_light_applies']
-
-
-def _observed(module: nn.Module) -> bool:
-    """True when something outside the module would miss the plain call: hooks, or a patched forward
-    (e.g. ``reference_mode``)."""
-    return bool(module._forward_hooks or module._forward_pre_hooks or 'forward' in vars(module))
 
 
 def light_branch_applies(x: torch.Tensor, prev: torch.Tensor, mrla: nn.Module, norm: nn.Module,
@@ -46,14 +42,11 @@ def light_branch_applies(x: torch.Tensor, prev: torch.Tensor, mrla: nn.Module, n
     included; not SyncBatchNorm, whose statistics span processes), identity or timm ``DropPath`` on the branch,
     a layer without value activation, inputs of one dtype and shape, and nobody observing the modules.
     """
-    if type(norm) is BatchNormAct2d:
-        if not (isinstance(norm.act, nn.Identity) and isinstance(norm.drop, nn.Identity)):
-            return False
-    elif type(norm) is not nn.BatchNorm2d:
+    if not is_plain_batchnorm(norm):
         return False
     if type(drop_path) not in (nn.Identity, DropPath) or not isinstance(mrla.value_act, nn.Identity):
         return False
-    if not norm.training or any(_observed(m) for m in (mrla, norm, drop_path)):
+    if not norm.training or any(observed(m) for m in (mrla, norm, drop_path)):
         return False
     if isinstance(x, torch.fx.Proxy) or isinstance(prev, torch.fx.Proxy):
         return True  # FX tracing: the dtypes are only known when the traced model runs
@@ -61,15 +54,6 @@ def light_branch_applies(x: torch.Tensor, prev: torch.Tensor, mrla: nn.Module, n
     if torch.is_autocast_enabled(device) and torch.get_autocast_dtype(device) != x.dtype:
         return False  # autocast would cast inside the branch; the plain modules do that
     return x.dtype == prev.dtype and x.shape == prev.shape
-
-
-def _average_factor(num_batches_tracked: Optional[torch.Tensor], momentum: Optional[float]) -> float:
-    """``nn.BatchNorm2d.forward``'s running-average factor, counting this batch in ``num_batches_tracked``."""
-    if num_batches_tracked is not None:
-        num_batches_tracked.add_(1)
-        if momentum is None:  # cumulative moving average
-            return 1.0 / float(num_batches_tracked)
-    return 0.0 if momentum is None else momentum
 
 
 class _LightBranch(torch.autograd.Function):
@@ -90,16 +74,8 @@ class _LightBranch(torch.autograd.Function):
         pre_norm.mul_(gate).addcmul_(prev, lambda_t.to(x.dtype)[:, None, None])
         mean, var = torch.batch_norm_update_stats(pre_norm, running_mean, running_var, momentum)
         invstd = torch.rsqrt(var + eps)
-        scale = invstd if bn_weight is None else invstd * bn_weight
-        shift = -mean * scale if bn_bias is None else bn_bias - mean * scale
-        scale, shift = scale[:, None, None], shift[:, None, None]
-        keep_scale = None
-        if drop_prob > 0.:  # timm's DropPath mask, drawn at the same point in the RNG stream
-            keep_prob = 1. - drop_prob
-            keep_scale = x.new_empty((x.shape[0], 1, 1, 1)).bernoulli_(keep_prob)
-            if keep_prob > 0. and scale_by_keep:
-                keep_scale.div_(keep_prob)
-            scale, shift = scale * keep_scale, shift * keep_scale
+        keep_scale = drop_path_keep_scale(x, drop_prob, scale_by_keep)
+        scale, shift = batchnorm_scale_shift(mean, invstd, bn_weight, bn_bias, keep_scale)
         out = torch.addcmul(shift, pre_norm, scale, out=pre_norm).add_(x)
         # a prev that a training BatchNorm made from prev_input (kept by that norm) is recomputed, not kept
         ctx.save_for_backward(x, prev if prev_input is None else prev_input, gate, weight, lambda_t, bn_weight,
@@ -144,7 +120,7 @@ def _light_branch(x: torch.Tensor, prev: torch.Tensor, gate: torch.Tensor, weigh
                   drop_prob: float, scale_by_keep: bool, prev_input: Optional[torch.Tensor],
                   prev_weight: Optional[torch.Tensor], prev_bias: Optional[torch.Tensor], prev_eps: float
                   ) -> torch.Tensor:
-    momentum = _average_factor(num_batches_tracked, momentum)
+    momentum = average_factor(num_batches_tracked, momentum)
     return _LightBranch.apply(x, prev, gate, weight, lambda_t, bn_weight, bn_bias, running_mean, running_var,
                               momentum, eps, drop_prob, scale_by_keep, prev_input, prev_weight, prev_bias, prev_eps)
 
@@ -195,7 +171,7 @@ def token_light_applies(x: torch.Tensor, prev: torch.Tensor, mrla: nn.Module, no
     if not (mrla.training and _plain_layer_norm(norm) and _plain_layer_norm(prev_norm)
             and type(mrla.value_act) is nn.GELU):
         return False
-    if any(_observed(m) for m in (mrla, mrla.v, mrla.value_act, norm, prev_norm)):
+    if any(observed(m) for m in (mrla, mrla.v, mrla.value_act, norm, prev_norm)):
         return False
     if isinstance(x, torch.fx.Proxy) or isinstance(prev, torch.fx.Proxy):
         return True  # FX tracing: grad mode and dtypes are only known when the traced model runs

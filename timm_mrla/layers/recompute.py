@@ -1,0 +1,58 @@
+"""Pieces shared by the training units that recompute their feature maps in backward (``light_train``,
+``base_train``): when a unit may stand in for the plain modules, and training-mode BatchNorm and drop-path
+computed by hand exactly as ``nn.BatchNorm2d`` and timm's ``DropPath`` compute them."""
+from typing import Optional, Tuple
+
+import torch
+import torch.nn as nn
+from timm.layers import BatchNormAct2d
+
+__all__ = ['observed', 'is_plain_batchnorm', 'average_factor', 'drop_path_keep_scale', 'batchnorm_scale_shift']
+
+
+def observed(module: nn.Module) -> bool:
+    """True when something outside the module would miss the plain call: hooks, or a patched forward
+    (e.g. ``reference_mode``)."""
+    return bool(module._forward_hooks or module._forward_pre_hooks or 'forward' in vars(module))
+
+
+def is_plain_batchnorm(norm: nn.Module) -> bool:
+    """``nn.BatchNorm2d``, or timm's ``BatchNormAct2d`` without activation and drop (not SyncBatchNorm, whose
+    statistics span processes)."""
+    if type(norm) is BatchNormAct2d:
+        return isinstance(norm.act, nn.Identity) and isinstance(norm.drop, nn.Identity)
+    return type(norm) is nn.BatchNorm2d
+
+
+def average_factor(num_batches_tracked: Optional[torch.Tensor], momentum: Optional[float]) -> float:
+    """``nn.BatchNorm2d.forward``'s running-average factor, counting this batch in ``num_batches_tracked``."""
+    if num_batches_tracked is not None:
+        num_batches_tracked.add_(1)
+        if momentum is None:  # cumulative moving average
+            return 1.0 / float(num_batches_tracked)
+    return 0.0 if momentum is None else momentum
+
+
+def drop_path_keep_scale(like: torch.Tensor, drop_prob: float, scale_by_keep: bool) -> Optional[torch.Tensor]:
+    """timm ``DropPath``'s per-sample factors [B, 1, 1, 1] (None when nothing drops), drawn as it draws them, so
+    at the same point in the RNG stream the same samples drop."""
+    if drop_prob <= 0.:
+        return None
+    keep_prob = 1. - drop_prob
+    keep_scale = like.new_empty((like.shape[0], 1, 1, 1)).bernoulli_(keep_prob)
+    if keep_prob > 0. and scale_by_keep:
+        keep_scale.div_(keep_prob)
+    return keep_scale
+
+
+def batchnorm_scale_shift(mean: torch.Tensor, invstd: torch.Tensor, weight: Optional[torch.Tensor],
+                          bias: Optional[torch.Tensor], keep_scale: Optional[torch.Tensor]
+                          ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """BatchNorm with batch statistics as one per-channel affine map ``(scale, shift)`` broadcasting over
+    [B, C, H, W], the drop-path factors folded in."""
+    scale = invstd if weight is None else invstd * weight
+    shift = -mean * scale if bias is None else bias - mean * scale
+    scale, shift = scale[:, None, None], shift[:, None, None]
+    if keep_scale is not None:
+        scale, shift = scale * keep_scale, shift * keep_scale
+    return scale, shift
