@@ -12,7 +12,8 @@ median over the repeats. A training step is forward, backward and an SGD update.
 relative to the timm base model (> 1 is faster); memory ratios are the MRLA model's over the base model's and
 the authors' (< 1 is less). Memory is, on CUDA, the peak allocated during a
 training step; on the CPU, the bytes autograd keeps for backward in one training step (what grows with
-depth, e.g. an MRLA-base key/value cache). The markdown table goes to stdout and ``--out``.
+depth, e.g. an MRLA-base key/value cache); ``--memory-only`` adds the CPU peak allocated during a step beyond
+the parameters and optimizer state (``Runner.train_peak``). The markdown table goes to stdout and ``--out``.
 """
 import argparse
 import contextlib
@@ -119,6 +120,24 @@ class Runner:
         return sum(storages.values()) / 2 ** 20
 
 
+    def train_peak(self) -> float:
+        """MB: the peak of memory allocated during one training step (forward, backward, update) beyond what was
+        allocated before it (parameters, optimizer state), from torch.profiler's allocation events: what autograd
+        keeps plus what backward allocates for a while (gradients, recomputed maps)."""
+        if self.device.type == 'cuda':
+            return self.train_memory()
+        self.train()  # the optimizer state exists before the measured step
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
+            self.train()
+        allocations = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == '[memory]'),
+                             key=lambda e: e.start_ns())
+        allocated = peak = 0
+        for event in allocations:
+            allocated += event.nbytes()
+            peak = max(peak, allocated)
+        return peak / 2 ** 20
+
+
 def time_alternating(steps: Dict[str, Callable[[], None]], repeats: int, warmup: int) -> Dict[str, float]:
     """Median seconds per step of each callable, run in turn so noise falls on all alike."""
     for _ in range(warmup):
@@ -150,6 +169,8 @@ def bench_pair(name: str, mode: str, args, device: torch.device) -> Optional[dic
             row[f'{phase}_{k}'] = args.batch_size / t
     for k, r in runners.items():
         row[f'mem_{k}'] = r.train_memory()
+        if args.memory_only and device.type != 'cuda':
+            row[f'peak_{k}'] = r.train_peak()
     return row
 
 
@@ -158,10 +179,11 @@ def fmt_ratio(row: dict, phase: str, other: str) -> str:
     return f"{row[f'{phase}_mrla'] / row[key]:.2f}" if key in row else '-'
 
 
-def fmt_memory(row: dict, other: str) -> str:
-    """The MRLA model's training memory over another model's (< 1 is less)."""
-    key = f'mem_{other}'
-    return f"{row['mem_mrla'] / row[key]:.2f}" if key in row else '-'
+def fmt_memory(row: dict, other: str, kind: str = 'mem') -> str:
+    """The MRLA model's training memory (``kind`` 'mem': saved tensors, 'peak': step peak) over another model's
+    (< 1 is less)."""
+    key = f'{kind}_{other}'
+    return f"{row[f'{kind}_mrla'] / row[key]:.2f}" if key in row else '-'
 
 
 def table(rows: List[dict]) -> str:
@@ -183,12 +205,19 @@ def table(rows: List[dict]) -> str:
 
 
 def memory_table(rows: List[dict]) -> str:
-    lines = ['| model | timm base | mode | train memory MB (MRLA / base / reference / authors) | memory vs base '
-             '| vs reference | vs authors |', '|---|---|---|---|---|---|---|']
+    kinds = [('mem', 'train memory MB'), ('peak', 'step peak MB')] if any('peak_mrla' in r for r in rows) else \
+        [('mem', 'train memory MB')]
+    header = ''.join(f'| {title} (MRLA / base / reference / authors) | vs base | vs reference | vs authors '
+                     for _, title in kinds)
+    lines = [f'| model | timm base | mode {header}|', '|---|---|---' + '|---|---|---|---' * len(kinds) + '|']
     for r in rows:
-        mb = ' / '.join(f"{r[f'mem_{k}']:.0f}" if f'mem_{k}' in r else '-' for k in ('mrla', 'base', 'reference', 'authors'))
-        lines.append(f"| {r['model']} | {r['base']} | {r['mode']} | {mb} | {fmt_memory(r, 'base')} "
-                     f"| {fmt_memory(r, 'reference')} | {fmt_memory(r, 'authors')} |")
+        cells = ''
+        for kind, _ in kinds:
+            mb = ' / '.join(f"{r[f'{kind}_{k}']:.0f}" if f'{kind}_{k}' in r else '-'
+                            for k in ('mrla', 'base', 'reference', 'authors'))
+            cells += f"| {mb} | {fmt_memory(r, 'base', kind)} | {fmt_memory(r, 'reference', kind)} " \
+                     f"| {fmt_memory(r, 'authors', kind)} "
+        lines.append(f"| {r['model']} | {r['base']} | {r['mode']} {cells}|")
     return '\n'.join(lines)
 
 
@@ -221,7 +250,8 @@ def main():
     parser.add_argument('--warmup', type=int, default=2)
     parser.add_argument('--authors-repo', type=Path, help="checkout of github.com/joyfang1106/MRLA (never copied)")
     parser.add_argument('--memory-only', action='store_true',
-                        help='only the training memory (saved tensors; not affected by machine load), no timings')
+                        help='only the training memory, no timings: saved tensors and, on the CPU, the peak during a '
+                             'step (neither is affected by machine load)')
     parser.add_argument('--out', type=Path, help='also write the markdown table here')
     parser.add_argument('--worker', nargs=2, metavar=('MODEL', 'MODE'), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -238,7 +268,8 @@ def main():
             row = run_pair_in_subprocess(name, mode, sys.argv[1:])
             if row:
                 rows.append(row)
-                print(f"{name} [{mode}] memory x{fmt_memory(row, 'base')}" if args.memory_only else
+                print(f"{name} [{mode}] memory x{fmt_memory(row, 'base')} peak x{fmt_memory(row, 'base', 'peak')}"
+                      if args.memory_only else
                       f"{name} [{mode}] infer x{fmt_ratio(row, 'infer', 'base')} train x{fmt_ratio(row, 'train', 'base')} "
                       f"(vs reference x{fmt_ratio(row, 'infer', 'reference')} / x{fmt_ratio(row, 'train', 'reference')}) "
                       f"memory x{fmt_memory(row, 'base')}",
