@@ -19,6 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import DropPath
 
+from .mrla import expand_heads, weighted_values
 from .recompute import average_factor, batchnorm_scale_shift, drop_path_keep_scale, is_plain_batchnorm, observed
 
 __all__ = ['ValueCache', 'base_branch_applies', 'base_branch_train']
@@ -59,18 +60,6 @@ def base_branch_applies(x: torch.Tensor, blocks: List[nn.Module]) -> bool:
     return True
 
 
-def _expand_heads(weights: torch.Tensor, head_dim: int) -> torch.Tensor:
-    """Per-head weights [B, num_heads] -> per-channel [B, C, 1, 1]."""
-    return weights.repeat_interleave(head_dim, dim=1)[:, :, None, None]
-
-
-def _weighted_sum(attn: torch.Tensor, values: List[torch.Tensor], head_dim: int) -> torch.Tensor:
-    out = torch.mul(values[0], _expand_heads(attn[:, 0], head_dim))
-    for s in range(1, len(values)):
-        out.addcmul_(values[s], _expand_heads(attn[:, s], head_dim))
-    return out
-
-
 class _BaseBranch(torch.autograd.Function):
     """``out + keep_scale * ReLU(BN_train(sum_s attn[:, s] * values[s])))``, saving no feature map of its own.
 
@@ -85,7 +74,7 @@ class _BaseBranch(torch.autograd.Function):
                 eps, drop_prob, scale_by_keep, *tensors):
         num_values = attn.shape[1]
         values, maps, kernels = tensors[:num_values], tensors[num_values:2 * num_values], tensors[2 * num_values:]
-        summed = _weighted_sum(attn, values, head_dim)
+        summed = weighted_values(attn, values, head_dim)
         mean, var = torch.batch_norm_update_stats(summed, running_mean, running_var, momentum)
         invstd = torch.rsqrt(var + eps)
         keep_scale = drop_path_keep_scale(out, drop_prob, scale_by_keep)
@@ -107,7 +96,7 @@ class _BaseBranch(torch.autograd.Function):
             values.append(ctx.recomputed[s])
         # this block made the last value it uses; no block before it attends to it
         del ctx.recomputed[num_values - 1]
-        summed = _weighted_sum(attn, values, ctx.head_dim)
+        summed = weighted_values(attn, values, ctx.head_dim)
         scale, shift = batchnorm_scale_shift(mean, invstd, bn_weight, bn_bias, keep_scale)
         # through the ReLU, its mask taken in the maps' dtype as in forward
         grad_norm_out = torch.addcmul(shift, summed, scale, out=torch.empty_like(summed)).gt_(0).mul_(grad_result)
@@ -121,7 +110,7 @@ class _BaseBranch(torch.autograd.Function):
         for s, value in enumerate(values):
             per_channel = torch.mul(grad_summed, value, out=summed).sum((2, 3))
             grad_attn.append(per_channel.unflatten(1, (-1, ctx.head_dim)).sum(-1))
-            grad_values.append(grad_summed * _expand_heads(attn[:, s], ctx.head_dim))
+            grad_values.append(grad_summed * expand_heads(attn[:, s], ctx.head_dim))
         grad_attn = torch.stack(grad_attn, 1).to(attn.dtype)
         return (None, None, grad_attn, grad_result, grad_bn_weight, grad_bn_bias, None, None, None, None, None, None,
                 *grad_values, *[None] * (2 * num_values))

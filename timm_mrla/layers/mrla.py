@@ -43,6 +43,20 @@ def _resolve_heads(dim: int, num_heads: Optional[int], head_dim: Optional[int]) 
     return num_heads
 
 
+def expand_heads(w: torch.Tensor, head_dim: int) -> torch.Tensor:
+    """Per-head weights [B, num_heads] -> per-channel [B, num_heads * head_dim, 1, 1]."""
+    return w[:, :, None].expand(-1, -1, head_dim).flatten(1)[:, :, None, None]
+
+
+def weighted_values(attn: torch.Tensor, values: List[torch.Tensor], head_dim: int) -> torch.Tensor:
+    """``sum_t attn[:, t] * values[t]``, per head: ``attn`` [B, T, num_heads], ``values`` T maps [B, C, H, W].
+    One fresh map, accumulated in place (autograd saves the factors, not the sum)."""
+    out = values[0] * expand_heads(attn[:, 0], head_dim)
+    for t in range(1, len(values)):
+        out.addcmul_(values[t], expand_heads(attn[:, t], head_dim))
+    return out
+
+
 class _MRLAProjections(nn.Module):
     """Query, key and value projections shared by both MRLA variants.
 
@@ -92,7 +106,7 @@ class _MRLAProjections(nn.Module):
 
     def expand_heads(self, w: torch.Tensor) -> torch.Tensor:
         """Per-head weights [B, num_heads] -> per-channel [B, C, 1, 1]."""
-        return w[:, :, None].expand(-1, -1, self.head_dim).flatten(1)[:, :, None, None]
+        return expand_heads(w, self.head_dim)
 
 
 class MRLALight(_MRLAProjections):
@@ -179,11 +193,7 @@ class MRLABase(_MRLAProjections):
         q, k = self.query_key(x)
         v = self.value(x)
         attn = self.attention(q, keys + [k])
-        all_values = values + [v]
-        out = all_values[0] * self.expand_heads(attn[:, 0])
-        for t in range(1, len(all_values)):
-            out = out + all_values[t] * self.expand_heads(attn[:, t])
-        return out, k, v
+        return weighted_values(attn, values + [v], self.head_dim), k, v
 
 
 def batchnorm_affine(norm: nn.Module) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:

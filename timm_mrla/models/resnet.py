@@ -98,7 +98,8 @@ class MRLABasicBlock(BasicBlock):
             out = self.se(out)
         if self.drop_path is not None:
             out = self.drop_path(out)
-        out = self.act2(out + shortcut)
+        out += shortcut  # in place, as timm's blocks do: a fresh map costs page faults
+        out = self.act2(out)
         if torch.jit.is_scripting():
             return out + self.drop_path_mrla(self.bn_mrla(self.mrla(out, shortcut)))
         return add_mrla_light(out, shortcut, self.mrla, self.bn_mrla, self.drop_path_mrla, prev_source)
@@ -148,7 +149,8 @@ class MRLABottleneck(Bottleneck):
             out = self.se(out)
         if self.drop_path is not None:
             out = self.drop_path(out)
-        return self.act3(out + shortcut), shortcut
+        out += shortcut  # in place, as timm's blocks do: a fresh map costs page faults
+        return self.act3(out), shortcut
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.jit.is_scripting():
