@@ -160,6 +160,14 @@ def test_train_resume_of_an_authors_checkpoint_is_refused(tmp_path, capsys, monk
     assert f"--resume {authors} is a checkpoint of the MRLA authors' code" in message
     assert f'--initial-checkpoint {authors}' in message and '--no-resume-opt' in message
 
+    config = tmp_path / 'args.yaml'  # as train.py writes it into its output folder, for -c to read back
+    config.write_text(f'model: resnet50_mrla\nresume: {authors}\nno_resume_opt: false\n')
+    with pytest.raises(SystemExit) as e:
+        launch('train', [str(script), '-c', str(config)])
+    assert e.value.code == 2 and "is a checkpoint of the MRLA authors' code" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match='train.py ran'):  # the command line overrides the file
+        launch('train', [str(script), '--config', str(config), '--no-resume-opt'])
+
     ours = tmp_path / 'last.pth.tar'  # as train.py saves it
     torch.save({'epoch': 3, 'state_dict': _model('resnet18_mrla').state_dict(), 'optimizer': {}, 'version': 2}, ours)
     for args in (['--model', 'resnet50_mrla', '--resume', str(authors), '--no-resume-opt'],

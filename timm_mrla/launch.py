@@ -23,19 +23,27 @@ def _refuse_resuming_authors_optimizer(argv: List[str]) -> None:
     ``--resume`` restores the optimizer with the weights. The authors' optimizer state follows their models'
     parameter order and groups, which timm's optimizer does not share: torch would refuse it, or give parameters
     another parameter's momentum. Their weights load with ``--initial-checkpoint``, or with ``--resume`` and
-    ``--no-resume-opt`` (which also continues their epoch count). Only ``--model`` and ``--resume`` given on the
-    command line are looked at; a file that cannot be read is left for train.py to report.
+    ``--no-resume-opt`` (which also continues their epoch count). ``--model``, ``--resume`` and ``--no-resume-opt``
+    are read as train.py reads them: from the command line over the ``-c/--config`` YAML file's values; a file that
+    cannot be read is left for train.py to report.
     """
     import timm
     import torch
+    import yaml
     from timm_mrla.convert import ConversionError, load_checkpoint
     from timm_mrla.models._helpers import is_authors_layout
 
+    config_parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    config_parser.add_argument('-c', '--config', default='')
     parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     parser.add_argument('--resume', default='')
     parser.add_argument('--no-resume-opt', action='store_true')
     parser.add_argument('--model', default='')
-    args, _ = parser.parse_known_args(argv)
+    config, remaining = config_parser.parse_known_args(argv)
+    if config.config and Path(config.config).is_file():
+        with open(config.config) as f:
+            parser.set_defaults(**(yaml.safe_load(f) or {}))  # as train.py: the command line wins
+    args, _ = parser.parse_known_args(remaining)
     if not args.resume or args.no_resume_opt or not Path(args.resume).is_file() or not timm.is_model(args.model):
         return
     with torch.device('meta'):  # the model's class, without allocating its weights
