@@ -190,9 +190,13 @@ def test_gradient_checkpointing_takes_the_plain_modules():
 
 
 def test_fx_traced_training_model_equals_eager():
-    """FX records the plain modules (the training path's cache lives only in eager forward passes)."""
-    model, traced_source = _model(), _model()
+    """FX records the plain modules (the training path's cache lives only in eager forward passes), and dead-code
+    elimination, which timm's feature extraction runs, keeps every term of the weighted sum. (Without drop-path:
+    timm's own DropPath scales its mask in place, which dead-code elimination drops.)"""
+    model, traced_source = _model(drop=0.), _model(drop=0.)
     traced = torch.fx.symbolic_trace(traced_source)
+    traced.graph.eliminate_dead_code()
+    traced.recompile()
     got, used = _steps(traced_source, fn=traced)
     want, _ = _steps(model)
     assert not any(used)
@@ -243,3 +247,12 @@ def test_bf16_autocast_within_bf16_tolerance():
                 assert rel_error(got, want) <= max(2e-2, 1.25 * rel_error(plain, want))
             else:  # the 5-tap query/key kernels' gradients: sums with heavy cancellation, ~0.1 off in either
                 assert rel_error(got, want) <= 0.25
+
+
+@pytest.mark.parametrize('name', ['resnet50_mrla_base', 'resnet50_mrla', 'deit_tiny_mrla'])
+def test_meta_device_training_forward(name):
+    """On the meta device (no autocast there; timm's default-cfg test runs models so) the training forward works."""
+    with torch.device('meta'):
+        model = timm.create_model(name, num_classes=5).train()
+        out = model(torch.randn(2, 3, 224, 224))
+    assert out.shape == (2, 5) and out.device.type == 'meta'

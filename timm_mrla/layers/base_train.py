@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from timm.layers import DropPath
 
 from .mrla import expand_heads, weighted_values
-from .recompute import average_factor, batchnorm_scale_shift, drop_path_keep_scale, is_plain_batchnorm, observed
+from .recompute import (average_factor, batchnorm_scale_shift, drop_path_keep_scale, is_plain_batchnorm,
+                        needs_plain_modules, observed)
 
 __all__ = ['ValueCache', 'base_branch_applies', 'base_branch_train']
 
@@ -44,8 +45,7 @@ def base_branch_applies(x: torch.Tensor, blocks: List[nn.Module]) -> bool:
     and no tracer. The stage decides once for all its blocks, as each block's unit needs the values of all before it."""
     if isinstance(x, torch.fx.Proxy) or torch.compiler.is_compiling() or not torch.is_grad_enabled():
         return False  # tracers take the plain modules: FX records them, Inductor recomputes on its own
-    device = x.device.type
-    if torch.is_autocast_enabled(device) and torch.get_autocast_dtype(device) != x.dtype:
+    if needs_plain_modules(x):
         return False
     for block in blocks:
         norm, act, drop_path, mrla = block.bn_mrla, block.act_mrla, block.drop_path_mrla, block.mrla

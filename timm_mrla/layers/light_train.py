@@ -29,7 +29,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import DropPath, LayerNorm
 
-from .recompute import average_factor, batchnorm_scale_shift, drop_path_keep_scale, is_plain_batchnorm, observed
+from .recompute import (average_factor, batchnorm_scale_shift, drop_path_keep_scale, is_plain_batchnorm,
+                        needs_plain_modules, observed)
 
 __all__ = ['light_branch_applies', 'light_branch_train', 'token_light', 'token_light_applies']
 
@@ -50,9 +51,8 @@ def light_branch_applies(x: torch.Tensor, prev: torch.Tensor, mrla: nn.Module, n
         return False
     if isinstance(x, torch.fx.Proxy) or isinstance(prev, torch.fx.Proxy):
         return True  # FX tracing: the dtypes are only known when the traced model runs
-    device = x.device.type
-    if torch.is_autocast_enabled(device) and torch.get_autocast_dtype(device) != x.dtype:
-        return False  # autocast would cast inside the branch; the plain modules do that
+    if needs_plain_modules(x):
+        return False
     return x.dtype == prev.dtype and x.shape == prev.shape
 
 
@@ -175,9 +175,8 @@ def token_light_applies(x: torch.Tensor, prev: torch.Tensor, mrla: nn.Module, no
         return False
     if isinstance(x, torch.fx.Proxy) or isinstance(prev, torch.fx.Proxy):
         return True  # FX tracing: grad mode and dtypes are only known when the traced model runs
-    device = x.device.type
-    if torch.is_autocast_enabled(device) and torch.get_autocast_dtype(device) != x.dtype:
-        return False  # autocast would cast inside the branch; the plain modules do that
+    if needs_plain_modules(x):
+        return False
     return torch.is_grad_enabled() and x.dtype == prev.dtype and x.shape == prev.shape
 
 

@@ -53,7 +53,7 @@ def weighted_values(attn: torch.Tensor, values: List[torch.Tensor], head_dim: in
     One fresh map, accumulated in place (autograd saves the factors, not the sum)."""
     out = values[0] * expand_heads(attn[:, 0], head_dim)
     for t in range(1, len(values)):
-        out.addcmul_(values[t], expand_heads(attn[:, t], head_dim))
+        out = out.addcmul_(values[t], expand_heads(attn[:, t], head_dim))  # reassigned: FX keeps the node alive
     return out
 
 
@@ -220,8 +220,8 @@ def add_mrla_light(x: torch.Tensor, prev: torch.Tensor, mrla: MRLALight, norm: n
 
     At inference an eval-mode BatchNorm folds into the layer (``MRLALight.forward_folded``), FX-traced models
     included. In training the branch runs as one unit that recomputes its intermediates in backward instead of
-    storing them (``light_branch_train``, which also explains ``prev_source``). TorchScript-ed blocks write the expression out, and torch.compile
-    fuses it, plainly.
+    storing them (``light_branch_train``, which also explains ``prev_source``). TorchScript-ed blocks write the
+    expression out, and torch.compile fuses it, plainly.
     """
     if not drop_path.training and not torch.compiler.is_compiling():
         affine = batchnorm_affine(norm)

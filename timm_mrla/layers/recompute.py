@@ -7,13 +7,26 @@ import torch
 import torch.nn as nn
 from timm.layers import BatchNormAct2d
 
-__all__ = ['observed', 'is_plain_batchnorm', 'average_factor', 'drop_path_keep_scale', 'batchnorm_scale_shift']
+__all__ = ['observed', 'needs_plain_modules', 'is_plain_batchnorm', 'average_factor', 'drop_path_keep_scale',
+           'batchnorm_scale_shift']
 
 
 def observed(module: nn.Module) -> bool:
     """True when something outside the module would miss the plain call: hooks, or a patched forward
     (e.g. ``reference_mode``)."""
     return bool(module._forward_hooks or module._forward_pre_hooks or 'forward' in vars(module))
+
+
+def needs_plain_modules(x: torch.Tensor) -> bool:
+    """True when a unit must not run on ``x`` although its modules qualify: on the meta device (torch has no meta
+    kernel for ``batch_norm_update_stats``), or under an autocast that would cast inside the unit to a dtype other
+    than ``x``'s (the plain modules do that)."""
+    device = x.device.type
+    if device == 'meta':
+        return True
+    if not torch.amp.is_autocast_available(device) or not torch.is_autocast_enabled(device):
+        return False
+    return torch.get_autocast_dtype(device) != x.dtype
 
 
 def is_plain_batchnorm(norm: nn.Module) -> bool:
