@@ -15,6 +15,7 @@ drop-path draws its mask as timm's ``DropPath`` does.
 from typing import Dict, List
 
 import torch
+import torch.fx
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import DropPath
@@ -41,8 +42,9 @@ class ValueCache(list):
 def base_branch_applies(x: torch.Tensor, blocks: List[nn.Module]) -> bool:
     """Whether ``base_branch_train`` computes exactly what the plain modules of every block would: training-mode
     ``nn.BatchNorm2d`` (or timm's ``BatchNormAct2d`` without activation and drop), ``nn.ReLU``, identity or timm
-    ``DropPath``, a layer without value activation, nobody observing the modules, no autocast to another dtype,
-    and no tracer. The stage decides once for all its blocks, as each block's unit needs the values of all before it."""
+    ``DropPath``, a layer without value activation, nobody observing the modules, grad mode, no tracer, and
+    ``needs_plain_modules`` false. The stage decides once for all its blocks, as each block's unit needs the values
+    of all before it."""
     if isinstance(x, torch.fx.Proxy) or torch.compiler.is_compiling() or not torch.is_grad_enabled():
         return False  # tracers take the plain modules: FX records them, Inductor recomputes on its own
     if needs_plain_modules(x):

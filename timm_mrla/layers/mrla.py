@@ -104,10 +104,6 @@ class _MRLAProjections(nn.Module):
     def value(self, x: torch.Tensor) -> torch.Tensor:
         return self.value_act(self.v(x))
 
-    def expand_heads(self, w: torch.Tensor) -> torch.Tensor:
-        """Per-head weights [B, num_heads] -> per-channel [B, C, 1, 1]."""
-        return expand_heads(w, self.head_dim)
-
 
 class MRLALight(_MRLAProjections):
     """MRLA-light: ``o_t = concat_h(sigmoid(<q_h, k_h> / sqrt(d)) * v_h) + lambda_t * o_prev``.
@@ -128,7 +124,7 @@ class MRLALight(_MRLAProjections):
     def gate(self, x: torch.Tensor) -> torch.Tensor:
         """Per-channel gates [B, C, 1, 1]: ``sigmoid(<q_h, k_h> / sqrt(d))`` repeated over each head's channels."""
         q, k = self.query_key(x)
-        return self.expand_heads(torch.sigmoid((q * k).sum(-1) * self.scale))
+        return expand_heads(torch.sigmoid((q * k).sum(-1) * self.scale), self.head_dim)
 
     def forward(self, x: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:
         # lambda in prev's dtype: under autocast a float32 parameter would promote the whole branch to float32
@@ -177,10 +173,13 @@ class MRLABase(_MRLAProjections):
     the number of blocks and nothing is re-concatenated. See ``_MRLAProjections`` for the arguments.
     """
 
-    def attention(self, q: torch.Tensor, keys: List[torch.Tensor]) -> torch.Tensor:
-        """Softmax weights [B, T, num_heads] of query ``q`` [B, num_heads, head_dim] over the T ``keys``."""
-        all_keys = torch.stack(keys, dim=1)  # [B, T, num_heads, head_dim]
-        return ((all_keys * q.unsqueeze(1)).sum(-1) * self.scale).softmax(dim=1)
+    def attend(self, x: torch.Tensor, keys: List[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """This block's softmax weights [B, T, num_heads] over the earlier ``keys`` and its own key, its key and
+        its value: what ``forward`` weighs the values with, before it does."""
+        q, k = self.query_key(x)
+        all_keys = torch.stack(keys + [k], dim=1)  # [B, T, num_heads, head_dim]
+        attn = ((all_keys * q.unsqueeze(1)).sum(-1) * self.scale).softmax(dim=1)
+        return attn, k, self.value(x)
 
     def forward(
             self,
@@ -190,9 +189,7 @@ class MRLABase(_MRLAProjections):
     ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if len(keys) != len(values):
             raise ValueError(f'MRLABase cache holds {len(keys)} keys but {len(values)} values')
-        q, k = self.query_key(x)
-        v = self.value(x)
-        attn = self.attention(q, keys + [k])
+        attn, k, v = self.attend(x, keys)
         return weighted_values(attn, values + [v], self.head_dim), k, v
 
 

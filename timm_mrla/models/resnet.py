@@ -184,9 +184,7 @@ class MRLABaseBottleneck(MRLABottleneck):
         out, _ = self.residual(x)
         if not torch.jit.is_scripting():
             if isinstance(values, ValueCache):  # the stage chose the training path
-                query, key = self.mrla.query_key(out)
-                value = self.mrla.value(out)
-                attn = self.mrla.attention(query, keys + [key])
+                attn, key, value = self.mrla.attend(out, keys)
                 return base_branch_train(out, attn, value, values, self), key, value
         attn, key, value = self.mrla(out, keys, values)
         return out + self.drop_path_mrla(self.act_mrla(self.bn_mrla(attn))), key, value
