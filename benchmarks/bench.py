@@ -123,9 +123,8 @@ class Runner:
     def train_peak(self) -> float:
         """MB: the peak of memory allocated during one training step (forward, backward, update) beyond what was
         allocated before it (parameters, optimizer state), from torch.profiler's allocation events: what autograd
-        keeps plus what backward allocates for a while (gradients, recomputed maps)."""
-        if self.device.type == 'cuda':
-            return self.train_memory()
+        keeps plus what backward allocates for a while (gradients, recomputed maps). CPU only; on CUDA
+        ``train_memory`` is the peak."""
         self.train()  # the optimizer state exists before the measured step
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
             self.train()
@@ -174,16 +173,11 @@ def bench_pair(name: str, mode: str, args, device: torch.device) -> Optional[dic
     return row
 
 
-def fmt_ratio(row: dict, phase: str, other: str) -> str:
-    key = f'{phase}_{other}'
-    return f"{row[f'{phase}_mrla'] / row[key]:.2f}" if key in row else '-'
-
-
-def fmt_memory(row: dict, other: str, kind: str = 'mem') -> str:
-    """The MRLA model's training memory (``kind`` 'mem': saved tensors, 'peak': step peak) over another model's
-    (< 1 is less)."""
-    key = f'{kind}_{other}'
-    return f"{row[f'{kind}_mrla'] / row[key]:.2f}" if key in row else '-'
+def fmt_ratio(row: dict, measure: str, other: str) -> str:
+    """The MRLA model's figure over another model's: ``measure`` 'infer' / 'train' (throughput, > 1 is faster),
+    'mem' (saved tensors) / 'peak' (step peak; < 1 is less memory)."""
+    key = f'{measure}_{other}'
+    return f"{row[f'{measure}_mrla'] / row[key]:.2f}" if key in row else '-'
 
 
 def table(rows: List[dict]) -> str:
@@ -200,7 +194,7 @@ def table(rows: List[dict]) -> str:
             f"| {r['train_mrla']:.1f} / {r['train_base']:.1f} | {fmt_ratio(r, 'train', 'base')} "
             f"| {fmt_ratio(r, 'train', 'reference')} | {fmt_ratio(r, 'train', 'authors')} "
             f"| {r['mem_mrla']:.0f} / {r['mem_base']:.0f} / {r['mem_reference']:.0f} "
-            f"| {fmt_memory(r, 'base')} | {fmt_memory(r, 'authors')} |")
+            f"| {fmt_ratio(r, 'mem', 'base')} | {fmt_ratio(r, 'mem', 'authors')} |")
     return '\n'.join(lines)
 
 
@@ -215,8 +209,8 @@ def memory_table(rows: List[dict]) -> str:
         for kind, _ in kinds:
             mb = ' / '.join(f"{r[f'{kind}_{k}']:.0f}" if f'{kind}_{k}' in r else '-'
                             for k in ('mrla', 'base', 'reference', 'authors'))
-            cells += f"| {mb} | {fmt_memory(r, 'base', kind)} | {fmt_memory(r, 'reference', kind)} " \
-                     f"| {fmt_memory(r, 'authors', kind)} "
+            cells += f"| {mb} | {fmt_ratio(r, kind, 'base')} | {fmt_ratio(r, kind, 'reference')} " \
+                     f"| {fmt_ratio(r, kind, 'authors')} "
         lines.append(f"| {r['model']} | {r['base']} | {r['mode']} {cells}|")
     return '\n'.join(lines)
 
@@ -268,11 +262,11 @@ def main():
             row = run_pair_in_subprocess(name, mode, sys.argv[1:])
             if row:
                 rows.append(row)
-                print(f"{name} [{mode}] memory x{fmt_memory(row, 'base')} peak x{fmt_memory(row, 'base', 'peak')}"
+                print(f"{name} [{mode}] memory x{fmt_ratio(row, 'mem', 'base')} peak x{fmt_ratio(row, 'peak', 'base')}"
                       if args.memory_only else
                       f"{name} [{mode}] infer x{fmt_ratio(row, 'infer', 'base')} train x{fmt_ratio(row, 'train', 'base')} "
                       f"(vs reference x{fmt_ratio(row, 'infer', 'reference')} / x{fmt_ratio(row, 'train', 'reference')}) "
-                      f"memory x{fmt_memory(row, 'base')}",
+                      f"memory x{fmt_ratio(row, 'mem', 'base')}",
                       file=sys.stderr, flush=True)
     text = (f"Command: `python benchmarks/bench.py {' '.join(sys.argv[1:])}`\n\n"
             f"Machine: {machine(device)}; batch {args.batch_size}, {args.img_size}x{args.img_size}, "

@@ -13,9 +13,11 @@ import subprocess
 from pathlib import Path
 from typing import Dict, Iterable, Union
 
+from huggingface_hub.file_download import repo_folder_name
+
 from .folder import FOLDER_FILES
 
-__all__ = ['COMMIT_AUTHOR', 'COMMIT_DATE', 'git_commit_id', 'git_repo', 'add_to_cache']
+__all__ = ['COMMIT_AUTHOR', 'COMMIT_DATE', 'git_commit_id', 'git_repo', 'repo_cache_dir', 'add_to_cache']
 
 COMMIT_AUTHOR = ('timm-mrla', 'timm-mrla@users.noreply.huggingface.co')
 COMMIT_DATE = '1700000000 +0000'
@@ -55,6 +57,11 @@ def git_repo(folder: Union[str, Path], repo_dir: Union[str, Path]) -> str:
     return subprocess.run(git + ['rev-parse', 'HEAD'], check=True, capture_output=True, text=True).stdout.strip()
 
 
+def repo_cache_dir(cache_dir: Union[str, Path], repo_id: str) -> Path:
+    """The folder of model repo ``repo_id`` in the Hugging Face cache ``cache_dir``, as huggingface_hub names it."""
+    return Path(cache_dir) / repo_folder_name(repo_id=repo_id, repo_type='model')
+
+
 def add_to_cache(folder: Union[str, Path], repo_id: str, cache_dir: Union[str, Path],
                  refs: Iterable[str] = ('main',)) -> str:
     """Put the folder into a Hugging Face cache as ``repo_id`` at its commit (see ``git_commit_id``), with
@@ -62,7 +69,7 @@ def add_to_cache(folder: Union[str, Path], repo_id: str, cache_dir: Union[str, P
     folder, cache_dir = Path(folder), Path(cache_dir)
     files = _folder_files(folder)
     commit = git_commit_id(files)
-    repo_cache = cache_dir / ('models--' + repo_id.replace('/', '--'))
+    repo_cache = repo_cache_dir(cache_dir, repo_id)
     snapshot = repo_cache / 'snapshots' / commit
     (repo_cache / 'blobs').mkdir(parents=True, exist_ok=True)
     snapshot.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,7 @@ from typing import List, Optional, Tuple
 import timm
 from timm.models import save_for_hf
 
-from .cache import add_to_cache, git_commit_id
+from .cache import add_to_cache, git_commit_id, repo_cache_dir
 from .download import sha256_of
 from .folder import CARD_FILE, CONFIG_FILE, FOLDER_FILES
 from .sync import REPO_ROOT
@@ -51,7 +51,7 @@ def build_embedded(name: str, out_dir: Path) -> Path:
 def embedded_cache(cache_dir: Path, name: str = DEMO_WEIGHT) -> str:
     """Lay out ``name`` in the Hugging Face cache ``cache_dir`` (rebuilding it if needed); returns the commit."""
     weight = weights_for([name])[0]
-    snapshot = cache_dir / ('models--' + weight.repo_id().replace('/', '--')) / 'snapshots' / weight.revision
+    snapshot = repo_cache_dir(cache_dir, weight.repo_id()) / 'snapshots' / weight.revision
     if (snapshot / WEIGHTS_FILE).exists() and sha256_of(snapshot / WEIGHTS_FILE) == weight.sha256:
         return weight.revision
     with tempfile.TemporaryDirectory() as tmp:
@@ -79,7 +79,7 @@ def lite0_base_cache(cache_dir: Path) -> Optional[str]:
     in timm's layout and timm's config; returns what it laid out, or None, leaving it alone, where the cache
     already holds that repo (a real download is never replaced)."""
     from ..warmstart import LITE0_PACKAGE, load_base_model
-    if (cache_dir / ('models--' + LITE0_BASE_REPO.replace('/', '--'))).exists():
+    if repo_cache_dir(cache_dir, LITE0_BASE_REPO).exists():
         return None
     base = load_base_model(LITE0_PACKAGE, 'tf_efficientnet_lite0')
     base.pretrained_cfg = timm.models.get_pretrained_cfg(LITE0_BASE_REPO.split('/')[1]).to_dict()
