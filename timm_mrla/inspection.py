@@ -25,10 +25,9 @@ another (a ResNet or EfficientNet stage, the blocks of a DeiT), an ``AttentionGr
   and lambdas would reach if the recurrence were literal.
 
 The values are collected with hooks that exist only inside ``LayerAttentionRecorder``; the forward pass is
-the model's own, unchanged, and costs nothing outside it. MRLA-base is observed by a forward pre-hook on each
-``MRLABase`` (its input and the cache it receives); MRLA-light by observing each ``MRLALight``'s own
-``query_key``, which every path of the layer (plain, BatchNorm-folded at inference) calls, as the folded path
-does not call the module itself. Train and eval mode both work; the gates are those of the forward pass run.
+the model's own, unchanged, and costs nothing outside it. Every layer's own ``query_key`` is observed, which
+every path of a layer calls (plain, BatchNorm-folded at inference, the training units; the folded path does not
+call the module itself); MRLA-base also by a forward pre-hook on each ``MRLABase`` for the cache it receives. Train and eval mode both work; the gates are those of the forward pass run.
 """
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
@@ -105,15 +104,15 @@ class LayerAttentionRecorder:
         if not self.layers:
             raise NotAnMRLAModelError(f'{type(model).__name__} has no MRLA layer (MRLALight or MRLABase): '
                                       f'not a timm-mrla model')
-        self._calls: Dict[str, tuple] = {}
+        self._calls: Dict[str, Tuple[torch.Tensor, torch.Tensor]] = {}  # each layer's query and key
+        self._earlier_keys: Dict[str, List[torch.Tensor]] = {}  # the cache each MRLA-base layer received
         self._handles = []
 
     def __enter__(self) -> 'LayerAttentionRecorder':
         for name, layer in self.layers:
+            layer.query_key = self._query_key_observer(name, layer)
             if isinstance(layer, MRLABase):
                 self._handles.append(layer.register_forward_pre_hook(self._base_hook(name)))
-            else:
-                layer.query_key = self._light_observer(name, layer)
         return self
 
     def __exit__(self, *exc) -> None:
@@ -123,7 +122,7 @@ class LayerAttentionRecorder:
         for _, layer in self.layers:
             layer.__dict__.pop('query_key', None)
 
-    def _light_observer(self, name: str, layer: MRLALight):
+    def _query_key_observer(self, name: str, layer: nn.Module):
         query_key = type(layer).query_key.__get__(layer)
 
         def observed(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -134,9 +133,7 @@ class LayerAttentionRecorder:
 
     def _base_hook(self, name: str):
         def hook(layer: MRLABase, args: tuple) -> None:
-            x, keys = args[0], args[1]
-            q, k = layer.query_key(x)
-            self._calls[name] = (q.detach(), [key.detach() for key in keys] + [k.detach()])
+            self._earlier_keys[name] = [key.detach() for key in args[1]]
         return hook
 
     def groups(self) -> List[AttentionGroup]:
@@ -160,7 +157,7 @@ class LayerAttentionRecorder:
         if type(layer) is not type(prev_layer) or layer.dim != prev_layer.dim:
             return True
         if isinstance(layer, MRLABase):
-            return len(self._calls[name][1]) == 1  # an empty cache: the layer's group starts here
+            return not self._earlier_keys[name]  # an empty cache: the layer's group starts here
         return _block_and_group(name)[1] != _block_and_group(prev_name)[1]
 
     def _group(self, members: List[Tuple[str, nn.Module]]) -> AttentionGroup:
@@ -183,7 +180,8 @@ class LayerAttentionRecorder:
         rows = []
         t_len = len(members)
         for t, (name, layer) in enumerate(members):
-            q, keys = self._calls[name]
+            q, k = self._calls[name]
+            keys = self._earlier_keys[name] + [k]
             if len(keys) != t + 1:
                 raise RuntimeError(f'{name} attended over {len(keys)} blocks, expected {t + 1}')
             logits = (torch.stack(keys, 1).float() * q.float()[:, None]).sum(-1) * layer.scale  # [B, t+1, H]
