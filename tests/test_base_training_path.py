@@ -33,17 +33,20 @@ def _model(dtype=torch.float64, drop=0.3, seed=0, **kwargs):
     return model
 
 
-def _uses_training_path(out: torch.Tensor) -> bool:
+def autograd_node_names(out: torch.Tensor) -> set:
+    """The type names of every autograd node behind ``out``."""
     seen, stack = set(), [out.grad_fn]
     while stack:
         fn = stack.pop()
         if fn is None or fn in seen:
             continue
         seen.add(fn)
-        if type(fn).__name__ == '_BaseBranchBackward':
-            return True
         stack.extend(f for f, _ in fn.next_functions)
-    return False
+    return {type(fn).__name__ for fn in seen}
+
+
+def _uses_training_path(out: torch.Tensor) -> bool:
+    return '_BaseBranchBackward' in autograd_node_names(out)
 
 
 def _steps(model, steps=2, dtype=torch.float64, fn=None, memory_format=torch.contiguous_format):
