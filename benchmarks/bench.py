@@ -4,6 +4,7 @@
     python benchmarks/bench.py --pairs resnet50_mrla --modes eager compile channels_last bf16
     python benchmarks/bench.py --authors-repo /path/to/MRLA      # also time the authors' models
     python benchmarks/bench.py --device cuda --batch-size 64 --modes eager amp channels_last compile
+    python benchmarks/bench.py --pairs resnet50_mrla deit_tiny_mrla --modes eager bf16 compile --train-only
 
 For each pair, all models are built in one process (a fresh one per pair) and timed in alternating repeats (MRLA model,
 timm base model, the MRLA model with its layers in their literal reference form, and the authors' model
@@ -13,7 +14,10 @@ relative to the timm base model (> 1 is faster); memory ratios are the MRLA mode
 the authors' (< 1 is less). Memory is, on CUDA, the peak allocated during a
 training step; on the CPU, the bytes autograd keeps for backward in one training step (what grows with
 depth, e.g. an MRLA-base key/value cache); ``--memory-only`` adds the CPU peak allocated during a step beyond
-the parameters and optimizer state (``Runner.train_peak``). The markdown table goes to stdout and ``--out``.
+the parameters and optimizer state (``Runner.train_peak``). ``--train-only`` measures the training step alone, of
+the MRLA and base models (and the authors' with ``--authors-repo``): its peak (``Runner.train_peak``, on the CPU
+and on CUDA) and its speed. In compile mode every model is compiled once and warmed up before it is measured. The
+markdown table goes to stdout and ``--out``.
 """
 import argparse
 import contextlib
@@ -122,10 +126,15 @@ class Runner:
 
     def train_peak(self) -> float:
         """MB: the peak of memory allocated during one training step (forward, backward, update) beyond what was
-        allocated before it (parameters, optimizer state), from torch.profiler's allocation events: what autograd
-        keeps plus what backward allocates for a while (gradients, recomputed maps). CPU only; on CUDA
-        ``train_memory`` is the peak."""
+        allocated before it (parameters, optimizer state, every other model): what autograd keeps plus what backward
+        allocates for a while (gradients, recomputed maps). On the CPU from torch.profiler's allocation events, on
+        CUDA from ``torch.cuda.max_memory_allocated``."""
         self.train()  # the optimizer state exists before the measured step
+        if self.device.type == 'cuda':
+            before = torch.cuda.memory_allocated(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.train()
+            return (torch.cuda.max_memory_allocated(self.device) - before) / 2 ** 20
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
             self.train()
         allocations = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == '[memory]'),
@@ -155,21 +164,25 @@ def bench_pair(name: str, mode: str, args, device: torch.device) -> Optional[dic
     base_name, authors_spec = PAIRS[name]
     if mode == 'channels_last' and name.startswith('deit'):
         return None  # the ViTs take tokens; there is no channels-last layout to compare
-    models = {'mrla': timm.create_model(name), 'base': timm.create_model(base_name)}
-    reference = timm.create_model(name)
+    # the ViTs' position embeddings are made for one image size
+    size_kwargs = {'img_size': args.img_size} if name.startswith('deit') else {}
+    models = {'mrla': timm.create_model(name, **size_kwargs), 'base': timm.create_model(base_name, **size_kwargs)}
     if args.authors_repo and authors_spec:
         models['authors'] = authors_model(authors_spec, args.authors_repo)
     runners = {k: Runner(m, mode, device, args.batch_size, args.img_size) for k, m in models.items()}
-    runners['reference'] = Runner(reference, mode, device, args.batch_size, args.img_size, reference=True)
+    if not args.train_only:
+        runners['reference'] = Runner(timm.create_model(name, **size_kwargs), mode, device, args.batch_size, args.img_size,
+                                      reference=True)
     row = {'model': name, 'base': base_name, 'mode': mode}
-    for phase in () if args.memory_only else ('infer', 'train'):
+    for phase in () if args.memory_only else ('train',) if args.train_only else ('infer', 'train'):
         times = time_alternating({k: getattr(r, phase) for k, r in runners.items()}, args.repeats, args.warmup)
         for k, t in times.items():
             row[f'{phase}_{k}'] = args.batch_size / t
     for k, r in runners.items():
-        row[f'mem_{k}'] = r.train_memory()
-        if args.memory_only and device.type != 'cuda':
+        if args.train_only or (args.memory_only and device.type != 'cuda'):
             row[f'peak_{k}'] = r.train_peak()
+        if not args.train_only:
+            row[f'mem_{k}'] = r.train_memory()
     return row
 
 
@@ -215,6 +228,19 @@ def memory_table(rows: List[dict]) -> str:
     return '\n'.join(lines)
 
 
+def train_table(rows: List[dict]) -> str:
+    lines = ['| model | timm base | mode | step peak MB (MRLA / base) | peak vs base | vs authors '
+             '| train img/s (MRLA / base) | train vs base | vs authors |',
+             '|---|---|---|---|---|---|---|---|---|']
+    for r in rows:
+        lines.append(
+            f"| {r['model']} | {r['base']} | {r['mode']} | {r['peak_mrla']:.0f} / {r['peak_base']:.0f} "
+            f"| {fmt_ratio(r, 'peak', 'base')} | {fmt_ratio(r, 'peak', 'authors')} "
+            f"| {r['train_mrla']:.1f} / {r['train_base']:.1f} | {fmt_ratio(r, 'train', 'base')} "
+            f"| {fmt_ratio(r, 'train', 'authors')} |")
+    return '\n'.join(lines)
+
+
 def machine(device: torch.device) -> str:
     what = f'{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads'
     if device.type == 'cuda':
@@ -243,9 +269,12 @@ def main():
     parser.add_argument('--repeats', type=int, default=7)
     parser.add_argument('--warmup', type=int, default=2)
     parser.add_argument('--authors-repo', type=Path, help="checkout of github.com/joyfang1106/MRLA (never copied)")
-    parser.add_argument('--memory-only', action='store_true',
-                        help='only the training memory, no timings: saved tensors and, on the CPU, the peak during a '
-                             'step (neither is affected by machine load)')
+    only = parser.add_mutually_exclusive_group()
+    only.add_argument('--memory-only', action='store_true',
+                      help='only the training memory, no timings: saved tensors and, on the CPU, the peak during a '
+                           'step (neither is affected by machine load)')
+    only.add_argument('--train-only', action='store_true',
+                      help='only the training step of the MRLA and base models: its peak memory and its speed')
     parser.add_argument('--out', type=Path, help='also write the markdown table here')
     parser.add_argument('--worker', nargs=2, metavar=('MODEL', 'MODE'), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -264,6 +293,8 @@ def main():
                 rows.append(row)
                 print(f"{name} [{mode}] memory x{fmt_ratio(row, 'mem', 'base')} peak x{fmt_ratio(row, 'peak', 'base')}"
                       if args.memory_only else
+                      f"{name} [{mode}] train x{fmt_ratio(row, 'train', 'base')} peak x{fmt_ratio(row, 'peak', 'base')}"
+                      if args.train_only else
                       f"{name} [{mode}] infer x{fmt_ratio(row, 'infer', 'base')} train x{fmt_ratio(row, 'train', 'base')} "
                       f"(vs reference x{fmt_ratio(row, 'infer', 'reference')} / x{fmt_ratio(row, 'train', 'reference')}) "
                       f"memory x{fmt_ratio(row, 'mem', 'base')}",
@@ -271,7 +302,7 @@ def main():
     text = (f"Command: `python benchmarks/bench.py {' '.join(sys.argv[1:])}`\n\n"
             f"Machine: {machine(device)}; batch {args.batch_size}, {args.img_size}x{args.img_size}, "
             + ('training memory only' if args.memory_only else f'median of {args.repeats} alternating repeats')
-            + f".\n\n{memory_table(rows) if args.memory_only else table(rows)}\n")
+            + f".\n\n{(memory_table if args.memory_only else train_table if args.train_only else table)(rows)}\n")
     print(text)
     if args.out:
         args.out.write_text(text)

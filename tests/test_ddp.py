@@ -4,8 +4,11 @@ weights and running statistics equal those of the same DDP run through the liter
 
 Each rank trains on its own data shard with its own drop-path masks (seeded, the same in both runs of a rank), in
 float64: in float32 a few train-mode steps at a small batch amplify rounding beyond any useful tolerance. This file
-is also the worker: ``python tests/test_ddp.py RANK WORLD_SIZE PORT OUT`` runs one rank and saves its results.
+is also the worker: ``python tests/test_ddp.py RANK WORLD_SIZE PORT OUT [--sync-bn]`` runs one rank and saves its
+results; with ``--sync-bn`` (``tests/test_units_on_device.py``, one GPU per rank) each rank runs on its own GPU with
+NCCL and SyncBatchNorm.
 """
+import argparse
 import copy
 import os
 import socket
@@ -38,7 +41,8 @@ COLLECTIVE_TIMEOUT_S = 60  # a rank that waits longer on the other fails instead
 RUN_TIMEOUT_S = 300  # both processes together, imports included, on a loaded CI machine
 
 
-def _model(name: str) -> nn.Module:
+def small_model(name: str) -> nn.Module:
+    """``name`` narrowed as ``MODELS`` says, in float64, training mode, drop-path on, BatchNorm affines drawn."""
     torch.manual_seed(0)
     kwargs, _ = MODELS[name]
     model = timm.create_model(name, num_classes=CLASSES, drop_path_rate=0.3, **kwargs).double().train()
@@ -50,40 +54,46 @@ def _model(name: str) -> nn.Module:
     return model
 
 
-def _ddp_steps(model: nn.Module, rank: int) -> dict:
+def _ddp_steps(model: nn.Module, rank: int, device: torch.device) -> dict:
     """``STEPS`` SGD steps of ``model`` under DDP on this rank's shard: what the steps changed in each parameter,
     the final parameters and buffers, and the autograd nodes each step went through."""
     initial = {k: p.detach().clone() for k, p in model.named_parameters()}
-    ddp = DistributedDataParallel(model)
+    ddp = DistributedDataParallel(model, device_ids=[device] if device.type == 'cuda' else None)
     optimizer = torch.optim.SGD(ddp.parameters(), lr=0.1, momentum=0.9)
     generator = torch.Generator().manual_seed(1000 + rank)
     nodes = []
     for step in range(STEPS):
-        x = torch.randn(BATCH, 3, 32, 32, generator=generator, dtype=torch.float64)
-        target = torch.randint(0, CLASSES, (BATCH,), generator=generator)
+        x = torch.randn(BATCH, 3, 32, 32, generator=generator, dtype=torch.float64).to(device)
+        target = torch.randint(0, CLASSES, (BATCH,), generator=generator).to(device)
         torch.manual_seed(100 * rank + step)  # drop-path masks
         out = ddp(x)
         nodes.append(autograd_node_names(out))
         nn.functional.cross_entropy(out, target).backward()
         optimizer.step()
         optimizer.zero_grad()
-    return dict(updates={k: p.detach() - initial[k] for k, p in model.named_parameters()},
-                params={k: p.detach().clone() for k, p in model.named_parameters()},
-                buffers={k: b.clone() for k, b in model.named_buffers()}, nodes=nodes)
+    return dict(updates={k: p.detach().cpu() - initial[k].cpu() for k, p in model.named_parameters()},
+                params={k: p.detach().cpu() for k, p in model.named_parameters()},
+                buffers={k: b.cpu() for k, b in model.named_buffers()}, nodes=nodes)
 
 
-def run_rank(rank: int, world_size: int, port: int, out: str) -> None:
+def run_rank(rank: int, world_size: int, port: int, out: str, sync_bn: bool = False) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group('gloo', init_method=f'tcp://127.0.0.1:{port}', rank=rank, world_size=world_size,
-                            timeout=timedelta(seconds=COLLECTIVE_TIMEOUT_S))
+    device = torch.device('cuda', rank) if sync_bn else torch.device('cpu')
+    if sync_bn:
+        torch.cuda.set_device(device)  # NCCL's communicator on this rank's GPU
+    dist.init_process_group('nccl' if sync_bn else 'gloo', init_method=f'tcp://127.0.0.1:{port}', rank=rank,
+                            world_size=world_size, timeout=timedelta(seconds=COLLECTIVE_TIMEOUT_S))
     try:
         results = {}
         for name in MODELS:
-            model = _model(name)
+            model = small_model(name)
+            if sync_bn:
+                model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            model = model.to(device)
             ref_model = copy.deepcopy(model)
             with reference_mode(ref_model):
-                reference = _ddp_steps(ref_model, rank)
-            results[name] = dict(units=_ddp_steps(model, rank), reference=reference)
+                reference = _ddp_steps(ref_model, rank, device)
+            results[name] = dict(units=_ddp_steps(model, rank, device), reference=reference)
         torch.save(results, out)
     finally:
         dist.destroy_process_group()
@@ -95,12 +105,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run_ranks(tmp_path: Path) -> list:
-    """Both ranks as subprocesses of this file; their results, or a failure with their output."""
+def run_ranks(tmp_path: Path, *options: str) -> list:
+    """Both ranks as subprocesses of this file (``options``: the worker's, e.g. ``--sync-bn``); their results, or a
+    failure with their output."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]),
                                                                    os.environ.get('PYTHONPATH')])))
     port, outs = _free_port(), [tmp_path / f'rank{rank}.pt' for rank in range(WORLD_SIZE)]
-    processes = [subprocess.Popen([sys.executable, __file__, str(rank), str(WORLD_SIZE), str(port), str(out)],
+    processes = [subprocess.Popen([sys.executable, __file__, str(rank), str(WORLD_SIZE), str(port), str(out), *options],
                                   env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
                  for rank, out in enumerate(outs)]
     deadline = time.monotonic() + RUN_TIMEOUT_S
@@ -115,12 +126,14 @@ def _run_ranks(tmp_path: Path) -> list:
     return [torch.load(out) for out in outs]
 
 
-def test_ddp_training_equals_reference(tmp_path):
-    ranks = _run_ranks(tmp_path)
+def assert_ranks_equal_reference(ranks: list, aside: tuple = ()) -> None:
+    """Each rank's updates and buffers equal its reference run's, and the ranks end with the same parameters; the
+    units ran in every step of every model but those in ``aside`` (where they must step aside)."""
     for name, (_, unit_node) in MODELS.items():
         for rank, results in enumerate(ranks):
             got, want = results[name]['units'], results[name]['reference']
-            assert all(unit_node in nodes for nodes in got['nodes']), f'{name}, rank {rank}: the units did not run'
+            ran = [unit_node in nodes for nodes in got['nodes']]
+            assert not any(ran) if name in aside else all(ran), f'{name}, rank {rank}: units ran in steps {ran}'
             assert not any(unit_node in nodes for nodes in want['nodes'])
             for kind in ('updates', 'buffers'):  # the updates: a difference in the steps is not lost in the weights
                 for key, value in got[kind].items():
@@ -133,6 +146,13 @@ def test_ddp_training_equals_reference(tmp_path):
             assert torch.equal(value, params[1][key]), f'{name}: {key} differs between the ranks'
 
 
+def test_ddp_training_equals_reference(tmp_path):
+    assert_ranks_equal_reference(run_ranks(tmp_path))
+
+
 if __name__ == '__main__':
-    rank, world_size, port, out = sys.argv[1:]
-    run_rank(int(rank), int(world_size), int(port), out)
+    parser = argparse.ArgumentParser()
+    for arg, kind in (('rank', int), ('world_size', int), ('port', int), ('out', str)):
+        parser.add_argument(arg, type=kind)
+    parser.add_argument('--sync-bn', action='store_true')
+    run_rank(**vars(parser.parse_args()))
