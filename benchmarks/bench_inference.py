@@ -21,10 +21,10 @@ import sys
 import tempfile
 import warnings
 from collections import Counter
+from functools import partial
 from pathlib import Path
 from typing import Callable, Dict, List
 
-import numpy as np
 import onnxruntime
 import timm
 import torch
@@ -60,8 +60,8 @@ def ort_session(model_bytes: bytes, threads: int, profile: bool = False) -> onnx
     return onnxruntime.InferenceSession(model_bytes, options, providers=['CPUExecutionProvider'])
 
 
-def ort_step(session: onnxruntime.InferenceSession, images: np.ndarray) -> Callable[[], None]:
-    feed = {session.get_inputs()[0].name: images}
+def ort_step(session: onnxruntime.InferenceSession, images: torch.Tensor) -> Callable[[], None]:
+    feed = {session.get_inputs()[0].name: images.numpy()}
     return lambda: session.run(None, feed)
 
 
@@ -83,7 +83,7 @@ def _op_kind(node: dict) -> str:
     return op
 
 
-def op_type_profile(model_bytes: bytes, images: np.ndarray, threads: int, runs: int) -> Dict[str, float]:
+def op_type_profile(model_bytes: bytes, images: torch.Tensor, threads: int, runs: int) -> Dict[str, float]:
     """Milliseconds of kernel time per op type and run, from ONNX Runtime's profile of ``runs`` runs after one
     warm-up run (the profile names the optimised graph's ops: NCHWc convolutions are 'Conv', fused ones 'FusedConv',
     layout changes 'ReorderInput' / 'ReorderOutput')."""
@@ -116,13 +116,13 @@ def bench_pair(name: str, args) -> List[dict]:
     rows = []
     for mode in args.modes:
         if mode == 'eager':
-            steps = {k: (lambda m: lambda x: torch_step(m, x))(m) for k, m in models.items()}
+            steps = {k: partial(torch_step, m) for k, m in models.items()}
         elif mode == 'compile':
-            steps = {k: (lambda f: lambda x: torch_step(f, x))(torch.compile(m)) for k, m in models.items()}
+            steps = {k: partial(torch_step, torch.compile(m)) for k, m in models.items()}
         else:
             exporter = mode.split('-')[1]
-            sessions = {k: ort_session(export_onnx(m, exporter, img_size), args.threads) for k, m in models.items()}
-            steps = {k: (lambda s: lambda x: ort_step(s, x.numpy()))(s) for k, s in sessions.items()}
+            steps = {k: partial(ort_step, ort_session(export_onnx(m, exporter, img_size), args.threads))
+                     for k, m in models.items()}
         for batch_size in args.batch_sizes:
             images = torch.randn(batch_size, 3, img_size, img_size)
             times = time_alternating({k: make(images) for k, make in steps.items()}, args.repeats, args.warmup)
@@ -139,7 +139,7 @@ def profile_pair(name: str, args) -> str:
     base_name = PAIRS[name][0]
     exporter = next((m.split('-')[1] for m in args.modes if m.startswith('onnx-')), 'legacy')
     batch_size = max(args.batch_sizes)
-    images = np.random.default_rng(0).standard_normal((batch_size, 3, args.img_size, args.img_size), np.float32)
+    images = torch.randn(batch_size, 3, args.img_size, args.img_size)
     profiles = {k: op_type_profile(export_onnx(create(m, args.img_size), exporter, args.img_size), images,
                                    args.threads, args.repeats)
                 for k, m in (('mrla', name), ('base', base_name))}
@@ -168,7 +168,8 @@ def main():
     parser.add_argument('--modes', nargs='+', default=list(MODES), choices=MODES)
     parser.add_argument('--batch-sizes', nargs='+', type=int, default=[1, 8])
     parser.add_argument('--img-size', type=int, default=224)
-    parser.add_argument('--threads', type=int, default=2, help='torch.set_num_threads and ONNX Runtime intra-op threads')
+    parser.add_argument('--threads', type=int, default=2,
+                        help='torch.set_num_threads and ONNX Runtime intra-op threads')
     parser.add_argument('--repeats', type=int, default=5)
     parser.add_argument('--warmup', type=int, default=2)
     parser.add_argument('--profile', metavar='MODEL', choices=list(PAIRS),
