@@ -10,6 +10,7 @@ from timm.layers import BatchNormAct2d
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 import timm_mrla  # noqa: F401
+from timm_mrla.layers import mrla as mrla_module
 from timm_mrla.layers import MRLABase, MRLALight, add_mrla_light, batchnorm_affine, mrla_base_reference, \
     mrla_light_reference, reference_mode
 
@@ -40,8 +41,12 @@ def _trained_bn(norm):
     return norm.eval()
 
 
+@pytest.mark.parametrize('captured', [False, True], ids=['eager', 'captured'])
 @pytest.mark.parametrize('channels_last', [False, True])
-def test_folded_equals_reference_with_gradients(channels_last):
+def test_folded_equals_reference_with_gradients(channels_last, captured, monkeypatch):
+    """``captured``: the form a trace or an export records (gate on the convolution's input, lambda and the shift as
+    a 1x1 depthwise convolution, the gate's head sum as a grouped Conv1d)."""
+    monkeypatch.setattr(mrla_module, '_capturing_graph', lambda: captured)
     torch.manual_seed(0)
     layer = MRLALight(64, head_dim=32)
     norm = _trained_bn(nn.BatchNorm2d(64))

@@ -123,8 +123,22 @@ class MRLALight(_MRLAProjections):
 
     def gate(self, x: torch.Tensor) -> torch.Tensor:
         """Per-channel gates [B, C, 1, 1]: ``sigmoid(<q_h, k_h> / sqrt(d))`` repeated over each head's channels."""
+        if not torch.jit.is_scripting():  # TorchScript cannot compile the check, and never captures
+            if _capturing_graph():
+                return self._captured_gate(x)
         q, k = self.query_key(x)
         return expand_heads(torch.sigmoid((q * k).sum(-1) * self.scale), self.head_dim)
+
+    def _captured_gate(self, x: torch.Tensor) -> torch.Tensor:
+        """``gate`` for a graph with a dynamic batch: ops whose shapes keep the batch dimension (no reshape by a
+        computed shape), so that ONNX shape inference proves the gated map the same shape as ``x`` and ONNX Runtime
+        fuses the additions after it into its convolutions. A grouped Conv1d of ones sums ``q * k`` over each head
+        and repeats the sum over the head's channels in one node."""
+        y = x.mean((2, 3)).unsqueeze(1)  # [B, 1, C]
+        qk = F.conv1d(y, torch.cat([self.q.weight, self.k.weight]), padding=self.kernel_size // 2)  # [B, 2, C]
+        head_sum = torch.full((self.dim, self.head_dim, 1), self.scale, dtype=x.dtype, device=x.device)
+        logits = F.conv1d((qk[:, :1] * qk[:, 1:]).transpose(1, 2), head_sum, groups=self.num_heads)  # [B, C, 1]
+        return torch.sigmoid(logits).unsqueeze(-1)
 
     def forward(self, x: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:
         # lambda in prev's dtype: under autocast a float32 parameter would promote the whole branch to float32
@@ -137,19 +151,31 @@ class MRLALight(_MRLAProjections):
 
         The norm's scale folds into the value kernel and ``lambda_t``. For a contiguous NCHW ``x`` run eagerly
         the per-sample gate, the shift and the residual identity fold in as well, into one depthwise convolution
-        over B*C groups, so the whole branch is that convolution plus one pass over ``prev``. A trace
-        (``torch.jit.trace``, the ONNX exporter with ``dynamo=False``) gets the C-group convolution with its
-        static kernel instead, as that kernel does not depend on the batch size the trace would freeze.
+        over B*C groups, so the whole branch is that convolution plus one pass over ``prev``. A trace or an export
+        (``torch.jit.trace``, ``torch.export``, both ONNX exporters) gets C-group convolutions with static kernels
+        instead, which do not depend on the batch size the graph would freeze, in the form ONNX Runtime fuses best
+        (``_folded_light``; measured in BENCHMARKS.md).
         """
         weight = self.v.weight * scale[:, None, None, None]
         prev_scale = (scale * self.lambda_t).to(x.dtype)[:, None, None]
         return _folded_light(x, prev, self.gate(x), weight, prev_scale, shift)
 
 
+def _capturing_graph() -> bool:
+    """A trace or an export is recording a graph that must run at any batch size."""
+    return torch.jit.is_tracing() or torch.compiler.is_exporting()
+
+
 def _folded_light(x: torch.Tensor, prev: torch.Tensor, gate: torch.Tensor, weight: torch.Tensor,
                   prev_scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     """``x + gate * dwconv3x3(x, weight) + prev_scale * prev + shift`` (see ``MRLALight.forward_folded``)."""
-    if x.is_contiguous() and not torch.jit.is_tracing():
+    if _capturing_graph():
+        c = x.shape[1]
+        # the gate moves to the input (exact for a depthwise convolution with zero padding) and lambda and the shift
+        # become a static 1x1 depthwise convolution: both convolutions' outputs then feed additions
+        carried = F.conv2d(prev, prev_scale.reshape(-1, 1, 1, 1), shift.to(x.dtype), groups=c) + x
+        return F.conv2d(x * gate, weight, padding=1, groups=c) + carried
+    if x.is_contiguous():
         b, c, h, w = x.shape
         kernel = (gate * weight.view(1, c, 3, 3)).reshape(b * c, 1, 3, 3)
         kernel[:, :, 1, 1] += 1  # the residual identity
@@ -215,12 +241,12 @@ def add_mrla_light(x: torch.Tensor, prev: torch.Tensor, mrla: MRLALight, norm: n
                    ) -> torch.Tensor:
     """``x + drop_path(norm(mrla(x, prev)))``, the MRLA-light branch of the CNN blocks.
 
-    At inference an eval-mode BatchNorm folds into the layer (``MRLALight.forward_folded``), FX-traced models
-    included. In training the branch runs as one unit that recomputes its intermediates in backward instead of
-    storing them (``light_branch_train``, which also explains ``prev_source``). TorchScript-ed blocks write the
-    expression out, and torch.compile fuses it, plainly.
+    At inference an eval-mode BatchNorm folds into the layer (``MRLALight.forward_folded``), FX-traced and
+    exported models included. In training the branch runs as one unit that recomputes its intermediates in
+    backward instead of storing them (``light_branch_train``, which also explains ``prev_source``).
+    TorchScript-ed blocks write the expression out, and torch.compile (but not torch.export) fuses it, plainly.
     """
-    if not drop_path.training and not torch.compiler.is_compiling():
+    if not drop_path.training and (_capturing_graph() or not torch.compiler.is_compiling()):
         affine = batchnorm_affine(norm)
         if affine is not None:
             return mrla.forward_folded(x, prev, *affine)
