@@ -9,15 +9,22 @@ the block anyway) and per-channel / per-sample vectors; its backward recomputes 
 sum, which costs one depthwise convolution and a pass, less than storing them costs in memory traffic.
 
 The per-head gate stays outside, in autograd: it is [B, C] and its own small graph (pooling, Conv1d, sigmoid)
-carries its gradient back to ``x`` and the query/key weights. BatchNorm runs through torch's own kernels
-(``native_batch_norm`` and its backward), so batch statistics and running-statistics updates are those of
-``nn.BatchNorm2d``; drop-path draws its mask as timm's ``DropPath`` does.
+carries its gradient back to ``x`` and the query/key weights. BatchNorm's batch statistics and backward come
+from torch's own kernels and the running statistics are updated as ``nn.BatchNorm2d`` updates them; drop-path
+draws its mask as timm's ``DropPath`` does, outside the op, so a compiled model draws what the plain one does.
+
+Under torch.compile both units are ``torch.library`` ops: Dynamo records each as one opaque node, traces only its
+backward (which recomputes), and Inductor fuses everything around it; plain modules traced instead would leave
+Inductor's partitioner to keep the value and the other intermediates. The token unit is that op in eager mode
+too. The CNN unit's op returns its batch statistics for the caller to update the running ones (an op may not both
+mutate its inputs and have an autograd formula); in eager mode ``_LightBranch`` runs the same forward and backward
+and updates them inside, as BatchNorm's kernel does, which non-reentrant checkpointing's recomputation depends on.
 
 DeiT blocks: ``mrla_light(LN_x(x), LN_prev(prev))`` with a GELU value, on the patch tokens' grid. Autograd would
 keep the normalised ``x`` (for the convolution), the convolution's output (for GELU), the value (for the gate's
 gradient) and the normalised ``prev`` (for lambda's): four token maps. Both LayerNorms and the gate stay in
 autograd, which keeps their inputs: ``x`` and ``prev`` (the block input, kept by its first norm anyway).
-``_TokenLight`` takes the normalised grids as inputs without saving them and in backward recomputes them from
+``_token_light`` takes the normalised grids as inputs without saving them and in backward recomputes them from
 ``x`` and ``prev`` with the same ``F.layer_norm`` calls, then the value, so the branch keeps no token map of its
 own.
 """
@@ -29,8 +36,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import DropPath, LayerNorm
 
-from .recompute import (average_factor, batchnorm_scale_shift, drop_path_keep_scale, is_plain_batchnorm,
-                        needs_plain_modules, observed)
+from .recompute import (average_factor, batch_statistics, batchnorm_scale_shift, batchnorm_stats_dtype,
+                        drop_path_keep_scale, is_plain_batchnorm, needs_plain_modules, observed, update_running_stats)
 
 __all__ = ['light_branch_applies', 'light_branch_train', 'token_light', 'token_light_applies']
 
@@ -56,61 +63,107 @@ def light_branch_applies(x: torch.Tensor, prev: torch.Tensor, mrla: nn.Module, n
     return x.dtype == prev.dtype and x.shape == prev.shape
 
 
-class _LightBranch(torch.autograd.Function):
-    """``x + keep_scale * BN_train(gate * dwconv3x3(x, weight) + lambda_t * prev)``, saving no feature map of its own.
+def _light_branch_forward(x: torch.Tensor, prev: torch.Tensor, gate: torch.Tensor, weight: torch.Tensor,
+                          lambda_t: torch.Tensor, bn_weight: Optional[torch.Tensor], bn_bias: Optional[torch.Tensor],
+                          keep_scale: Optional[torch.Tensor], eps: float, stats_dtype: torch.dtype,
+                          prev_input: Optional[torch.Tensor], prev_weight: Optional[torch.Tensor],
+                          prev_bias: Optional[torch.Tensor], prev_eps: float
+                          ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``x + keep_scale * BN_train(gate * dwconv3x3(x, weight) + lambda_t * prev)`` and BatchNorm's batch mean and
+    biased variance (in ``stats_dtype``), saving no feature map of its own: the unit's forward, which
+    ``_light_branch_backward`` differentiates.
 
-    ``gate`` [B, C, 1, 1]; the drop-path factors ``keep_scale`` [B, 1, 1, 1] are drawn here; BatchNorm's running
-    statistics are updated in place with ``momentum`` (already resolved as ``nn.BatchNorm2d`` does). Everything
+    ``gate`` [B, C, 1, 1], ``keep_scale`` [B, 1, 1, 1] (drop-path factors, None when nothing drops). Everything
     runs in ``x``'s dtype and layout (``light_branch_applies`` leaves any other autocast dtype to the plain
     modules). Each feature map is allocated once and then reused in place: on the CPU a fresh map costs several
-    element-wise passes in page faults.
+    element-wise passes in page faults. ``prev_input`` and its norm's ``prev_weight``, ``prev_bias``,
+    ``prev_eps``: see ``light_branch_train``; the forward only passes them to backward.
     """
+    channels = x.shape[1]
+    pre_norm = F.conv2d(x, weight.to(x.dtype), None, 1, 1, 1, channels)
+    pre_norm.mul_(gate).addcmul_(prev, lambda_t.to(x.dtype)[:, None, None])
+    mean, var = batch_statistics(pre_norm, stats_dtype)
+    scale, shift = batchnorm_scale_shift(mean, torch.rsqrt(var + eps), bn_weight, bn_bias, keep_scale)
+    # x's layout, as the op's fake promises; a convolution may lay out an ambiguous map (1x1, one channel) otherwise
+    out = pre_norm if pre_norm.stride() == x.stride() else torch.empty_like(x)
+    return torch.addcmul(shift, pre_norm, scale, out=out).add_(x), mean, var
+
+
+def _light_branch_save(ctx, inputs, output):
+    """Saves what ``_light_branch_backward`` needs: no feature map beyond ``x`` and ``prev`` (or ``prev_input``)."""
+    (x, prev, gate, weight, lambda_t, bn_weight, _, keep_scale, eps, _, prev_input, prev_weight, prev_bias,
+     prev_eps) = inputs
+    _, mean, var = output
+    # a prev that a training BatchNorm made from prev_input (kept by that norm) is recomputed, not kept
+    ctx.save_for_backward(x, prev if prev_input is None else prev_input, gate, weight, lambda_t, bn_weight, mean,
+                          var, keep_scale, prev_weight, prev_bias)
+    ctx.eps, ctx.prev_eps, ctx.prev_recomputed = eps, prev_eps, prev_input is not None
+
+
+def _light_branch_backward(ctx, grad_out, grad_mean=None, grad_var=None):
+    """Gradients of ``_light_branch_forward``'s inputs; the batch statistics carry none (they only feed the running
+    statistics, outside autograd)."""
+    x, prev, gate, weight_param, lambda_t, bn_weight, mean, var, keep_scale, prev_weight, prev_bias = \
+        ctx.saved_tensors
+    if ctx.prev_recomputed:
+        prev = torch.ops.aten.native_batch_norm(prev, prev_weight, prev_bias, None, None, True, 0., ctx.prev_eps)[0]
+    channels = x.shape[1]
+    weight = weight_param.to(x.dtype)
+    lambda_map = lambda_t.to(x.dtype)[:, None, None]
+    # recompute the value and the pre-norm sum, bit for bit as forward did
+    value = F.conv2d(x, weight, None, 1, 1, 1, channels)
+    pre_norm = torch.mul(value, gate).addcmul_(prev, lambda_map)
+    grad_norm_out = grad_out if keep_scale is None else grad_out * keep_scale
+    affine = bn_weight is not None
+    grad_pre, grad_bn_weight, grad_bn_bias = torch.ops.aten.native_batch_norm_backward(
+        grad_norm_out, pre_norm, bn_weight, None, None, mean, torch.rsqrt(var + ctx.eps), True, ctx.eps,
+        [True, affine, affine])
+    del grad_norm_out
+    # per-channel sums and grad_prev through the dead buffers, not fresh products
+    grad_gate = value.mul_(grad_pre).sum((2, 3), keepdim=True).to(gate.dtype)
+    grad_lambda = torch.mul(grad_pre, prev, out=value).sum((0, 2, 3)).to(lambda_t.dtype)
+    del value
+    grad_prev = torch.mul(grad_pre, lambda_map, out=pre_norm)
+    grad_x, grad_weight, _ = torch.ops.aten.convolution_backward(
+        grad_pre.mul_(gate), x, weight, None, [1, 1], [1, 1], [1, 1], False, [0, 0], channels,
+        [True, True, False])
+    del grad_pre
+    return (grad_x.add_(grad_out), grad_prev, grad_gate, grad_weight.to(weight_param.dtype), grad_lambda,
+            grad_bn_weight, grad_bn_bias, None, None, None, None, None, None, None)
+
+
+# torch.compile: one opaque node, whose backward Inductor traces and compiles (it recomputes, so nothing of the
+# branch is kept). A torch.library op may not mutate its inputs and have an autograd formula, so the caller updates
+# the running statistics from the returned batch statistics.
+_light_branch_op = torch.library.custom_op('timm_mrla::light_branch', _light_branch_forward, mutates_args=())
+_light_branch_op.register_autograd(_light_branch_backward, setup_context=_light_branch_save)
+
+
+@_light_branch_op.register_fake
+def _(x, prev, gate, weight, lambda_t, bn_weight, bn_bias, keep_scale, eps, stats_dtype, prev_input, prev_weight,
+      prev_bias, prev_eps):
+    stats = x.new_empty(x.shape[1], dtype=stats_dtype)
+    return torch.empty_like(x), stats, torch.empty_like(stats)
+
+
+class _LightBranch(torch.autograd.Function):
+    """Eager mode: ``_light_branch_forward`` and the running-statistics update in one forward, as
+    ``nn.BatchNorm2d`` updates them in its kernel. Non-reentrant checkpointing stops recomputing a block at its last
+    saved tensor; here that comes after the update, so a recomputed block updates the statistics again, as the
+    plain modules do (after the op, the update would be skipped)."""
 
     @staticmethod
-    def forward(ctx, x, prev, gate, weight, lambda_t, bn_weight, bn_bias, running_mean, running_var, momentum,
-                eps, drop_prob, scale_by_keep, prev_input, prev_weight, prev_bias, prev_eps):
-        channels = x.shape[1]
-        pre_norm = F.conv2d(x, weight.to(x.dtype), None, 1, 1, 1, channels)
-        pre_norm.mul_(gate).addcmul_(prev, lambda_t.to(x.dtype)[:, None, None])
-        mean, var = torch.batch_norm_update_stats(pre_norm, running_mean, running_var, momentum)
-        invstd = torch.rsqrt(var + eps)
-        keep_scale = drop_path_keep_scale(x, drop_prob, scale_by_keep)
-        scale, shift = batchnorm_scale_shift(mean, invstd, bn_weight, bn_bias, keep_scale)
-        out = torch.addcmul(shift, pre_norm, scale, out=pre_norm).add_(x)
-        # a prev that a training BatchNorm made from prev_input (kept by that norm) is recomputed, not kept
-        ctx.save_for_backward(x, prev if prev_input is None else prev_input, gate, weight, lambda_t, bn_weight,
-                              mean, invstd, keep_scale, prev_weight, prev_bias)
-        ctx.eps, ctx.prev_eps, ctx.prev_recomputed = eps, prev_eps, prev_input is not None
+    def forward(ctx, *args):
+        *inputs, running_mean, running_var, factor = args
+        out, mean, var = _light_branch_forward(*inputs)
+        if running_mean is not None and running_var is not None:
+            update_running_stats(running_mean, running_var, factor, mean, var, out.numel() // out.shape[1])
+        _light_branch_save(ctx, inputs, (out, mean, var))
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        x, prev, gate, weight_param, lambda_t, bn_weight, mean, invstd, keep_scale, prev_weight, prev_bias = \
-            ctx.saved_tensors
-        if ctx.prev_recomputed:
-            prev = torch.ops.aten.native_batch_norm(prev, prev_weight, prev_bias, None, None, True, 0., ctx.prev_eps)[0]
-        channels = x.shape[1]
-        weight = weight_param.to(x.dtype)
-        lambda_map = lambda_t.to(x.dtype)[:, None, None]
-        # recompute the value and the pre-norm sum, bit for bit as forward did
-        value = F.conv2d(x, weight, None, 1, 1, 1, channels)
-        pre_norm = torch.mul(value, gate).addcmul_(prev, lambda_map)
-        grad_norm_out = grad_out if keep_scale is None else grad_out * keep_scale
-        affine = bn_weight is not None
-        grad_pre, grad_bn_weight, grad_bn_bias = torch.ops.aten.native_batch_norm_backward(
-            grad_norm_out, pre_norm, bn_weight, None, None, mean, invstd, True, ctx.eps, [True, affine, affine])
-        del grad_norm_out
-        # per-channel sums and grad_prev through the dead buffers, not fresh products
-        grad_gate = value.mul_(grad_pre).sum((2, 3), keepdim=True).to(gate.dtype)
-        grad_lambda = torch.mul(grad_pre, prev, out=value).sum((0, 2, 3)).to(lambda_t.dtype)
-        del value
-        grad_prev = torch.mul(grad_pre, lambda_map, out=pre_norm)
-        grad_x, grad_weight, _ = torch.ops.aten.convolution_backward(
-            grad_pre.mul_(gate), x, weight, None, [1, 1], [1, 1], [1, 1], False, [0, 0], channels,
-            [True, True, False])
-        del grad_pre
-        return (grad_x.add_(grad_out), grad_prev, grad_gate, grad_weight.to(weight_param.dtype), grad_lambda,
-                grad_bn_weight, grad_bn_bias, None, None, None, None, None, None, None, None, None, None)
+        return *_light_branch_backward(ctx, grad_out), None, None, None
 
 
 def _light_branch(x: torch.Tensor, prev: torch.Tensor, gate: torch.Tensor, weight: torch.Tensor,
@@ -120,9 +173,16 @@ def _light_branch(x: torch.Tensor, prev: torch.Tensor, gate: torch.Tensor, weigh
                   drop_prob: float, scale_by_keep: bool, prev_input: Optional[torch.Tensor],
                   prev_weight: Optional[torch.Tensor], prev_bias: Optional[torch.Tensor], prev_eps: float
                   ) -> torch.Tensor:
-    momentum = average_factor(num_batches_tracked, momentum)
-    return _LightBranch.apply(x, prev, gate, weight, lambda_t, bn_weight, bn_bias, running_mean, running_var,
-                              momentum, eps, drop_prob, scale_by_keep, prev_input, prev_weight, prev_bias, prev_eps)
+    factor = average_factor(num_batches_tracked, momentum)
+    keep_scale = drop_path_keep_scale(x, drop_prob, scale_by_keep)
+    inputs = (x, prev, gate, weight, lambda_t, bn_weight, bn_bias, keep_scale, eps,
+              batchnorm_stats_dtype(x, bn_weight, bn_bias, running_mean), prev_input, prev_weight, prev_bias, prev_eps)
+    if not torch.compiler.is_compiling():
+        return _LightBranch.apply(*inputs, running_mean, running_var, factor)
+    out, mean, var = _light_branch_op(*inputs)
+    if running_mean is not None and running_var is not None:
+        update_running_stats(running_mean, running_var, factor, mean, var, out.numel() // out.shape[1])
+    return out
 
 
 # FX records the call as one node (statistics update included): a traced training model runs the same unit
@@ -180,55 +240,67 @@ def token_light_applies(x: torch.Tensor, prev: torch.Tensor, mrla: nn.Module, no
     return torch.is_grad_enabled() and x.dtype == prev.dtype and x.shape == prev.shape
 
 
-class _TokenLight(torch.autograd.Function):
-    """``lambda_t * prev + gate * GELU(dwconv3x3(x, weight))`` for grids ``x``, ``prev`` that are views of
-    ``F.layer_norm`` outputs, saving neither: backward recomputes them from the LayerNorm inputs ``x_src`` and
-    ``prev_src`` with the same calls and takes the same views.
-    """
-
-    @staticmethod
-    def forward(ctx, x, prev, gate, weight, lambda_t, approximate, x_src, x_weight, x_bias, x_eps, prev_src,
-                prev_weight, prev_bias, prev_eps):
-        channels = x.shape[1]
-        value = F.conv2d(x, weight.to(x.dtype), None, 1, 1, 1, channels)
-        torch.ops.aten.gelu_(value, approximate=approximate)
-        out = torch.mul(lambda_t.to(x.dtype)[:, None, None], prev).addcmul_(value, gate)
-        ctx.save_for_backward(gate, weight, lambda_t, x_src, x_weight, x_bias, prev_src, prev_weight, prev_bias)
-        ctx.approximate, ctx.x_eps, ctx.prev_eps = approximate, x_eps, prev_eps
-        ctx.x_view = x.size(), x.stride(), x.storage_offset()
-        ctx.prev_view = prev.size(), prev.stride(), prev.storage_offset()
-        return out
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        gate, weight_param, lambda_t, x_src, x_weight, x_bias, prev_src, prev_weight, prev_bias = ctx.saved_tensors
-        channels = gate.shape[1]
-        # the grids bit for bit as forward saw them (a fresh layer_norm output has forward's layout)
-        x = F.layer_norm(x_src, (channels,), x_weight, x_bias, ctx.x_eps).as_strided(*ctx.x_view)
-        prev = F.layer_norm(prev_src, (channels,), prev_weight, prev_bias, ctx.prev_eps).as_strided(*ctx.prev_view)
-        weight = weight_param.to(x.dtype)
-        value_pre = F.conv2d(x, weight, None, 1, 1, 1, channels)
-        value = F.gelu(value_pre, approximate=ctx.approximate)
-        # per-channel sums and gradients through the dead buffers, not fresh products
-        grad_gate = value.mul_(grad_out).sum((2, 3), keepdim=True)
-        grad_lambda = torch.mul(grad_out, prev, out=value).sum((0, 2, 3)).to(lambda_t.dtype)
-        grad_prev = torch.mul(grad_out, lambda_t.to(x.dtype)[:, None, None], out=prev)
-        grad_pre = torch.ops.aten.gelu_backward.grad_input(
-            torch.mul(grad_out, gate, out=value), value_pre, approximate=ctx.approximate, grad_input=value_pre)
-        del value
-        grad_x, grad_weight, _ = torch.ops.aten.convolution_backward(
-            grad_pre, x, weight, None, [1, 1], [1, 1], [1, 1], False, [0, 0], channels, [True, True, False])
-        return (grad_x, grad_prev, grad_gate, grad_weight.to(weight_param.dtype), grad_lambda, None, None, None,
-                None, None, None, None, None, None)
-
-
+@torch.library.custom_op('timm_mrla::token_light', mutates_args=())
 def _token_light(x: torch.Tensor, prev: torch.Tensor, gate: torch.Tensor, weight: torch.Tensor,
                  lambda_t: torch.Tensor, approximate: str, x_src: torch.Tensor, x_weight: Optional[torch.Tensor],
                  x_bias: Optional[torch.Tensor], x_eps: float, prev_src: torch.Tensor,
                  prev_weight: Optional[torch.Tensor], prev_bias: Optional[torch.Tensor], prev_eps: float
                  ) -> torch.Tensor:
-    return _TokenLight.apply(x, prev, gate, weight, lambda_t, approximate, x_src, x_weight, x_bias, x_eps,
-                             prev_src, prev_weight, prev_bias, prev_eps)
+    """``lambda_t * prev + gate * GELU(dwconv3x3(x, weight))`` for the grids [B, C, H, W] ``x`` and ``prev`` of the
+    last H*W tokens of ``F.layer_norm`` outputs, saving neither: backward recomputes them from the LayerNorm
+    inputs ``x_src`` [B, prefix + H*W, C] and ``prev_src`` [B, H*W, C] with the same calls and views.
+
+    A torch.library op, so that torch.compile treats it as one opaque node and traces only its backward, which
+    recomputes. The output has ``prev``'s layout (a token-major grid stays one).
+    """
+    channels = x.shape[1]
+    value = F.conv2d(x, weight.to(x.dtype), None, 1, 1, 1, channels)
+    torch.ops.aten.gelu_(value, approximate=approximate)
+    out = torch.empty_like(prev)  # the layout the op's fake promises
+    return torch.mul(lambda_t.to(x.dtype)[:, None, None], prev, out=out).addcmul_(value, gate)
+
+
+@_token_light.register_fake
+def _(x, prev, gate, weight, lambda_t, approximate, x_src, x_weight, x_bias, x_eps, prev_src, prev_weight,
+      prev_bias, prev_eps):
+    return torch.empty_like(prev)
+
+
+def _token_light_save(ctx, inputs, output):
+    (x, _, gate, weight, lambda_t, approximate, x_src, x_weight, x_bias, x_eps, prev_src, prev_weight, prev_bias,
+     prev_eps) = inputs
+    ctx.save_for_backward(gate, weight, lambda_t, x_src, x_weight, x_bias, prev_src, prev_weight, prev_bias)
+    ctx.approximate, ctx.x_eps, ctx.prev_eps, ctx.grid = approximate, x_eps, prev_eps, tuple(x.shape[2:])
+
+
+def _token_grid(tokens: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
+    """The last H*W tokens [B, H*W, C] of ``tokens`` as a grid [B, C, H, W] (a view)."""
+    return tokens[:, tokens.shape[1] - grid[0] * grid[1]:].unflatten(1, grid).permute(0, 3, 1, 2)
+
+
+def _token_light_backward(ctx, grad_out):
+    gate, weight_param, lambda_t, x_src, x_weight, x_bias, prev_src, prev_weight, prev_bias = ctx.saved_tensors
+    channels = gate.shape[1]
+    # the grids as forward saw them: bit for bit in eager; under torch.compile forward's were Inductor's
+    x = _token_grid(F.layer_norm(x_src, (channels,), x_weight, x_bias, ctx.x_eps), ctx.grid)
+    prev = _token_grid(F.layer_norm(prev_src, (channels,), prev_weight, prev_bias, ctx.prev_eps), ctx.grid)
+    weight = weight_param.to(x.dtype)
+    value_pre = F.conv2d(x, weight, None, 1, 1, 1, channels)
+    value = F.gelu(value_pre, approximate=ctx.approximate)
+    # per-channel sums and gradients through the dead buffers, not fresh products
+    grad_gate = value.mul_(grad_out).sum((2, 3), keepdim=True)
+    grad_lambda = torch.mul(grad_out, prev, out=value).sum((0, 2, 3)).to(lambda_t.dtype)
+    grad_prev = torch.mul(grad_out, lambda_t.to(x.dtype)[:, None, None], out=prev)
+    grad_pre = torch.ops.aten.gelu_backward.grad_input(
+        torch.mul(grad_out, gate, out=value), value_pre, approximate=ctx.approximate, grad_input=value_pre)
+    del value
+    grad_x, grad_weight, _ = torch.ops.aten.convolution_backward(
+        grad_pre, x, weight, None, [1, 1], [1, 1], [1, 1], False, [0, 0], channels, [True, True, False])
+    return (grad_x, grad_prev, grad_gate, grad_weight.to(weight_param.dtype), grad_lambda, None, None, None,
+            None, None, None, None, None, None)
+
+
+_token_light.register_autograd(_token_light_backward, setup_context=_token_light_save)
 
 
 # FX records the call as one node: a traced training model runs the same unit
@@ -237,12 +309,12 @@ torch.fx.wrap('_token_light')
 
 def token_light(x: torch.Tensor, prev: torch.Tensor, mrla: nn.Module, x_src: torch.Tensor, norm: nn.Module,
                 prev_src: torch.Tensor, prev_norm: nn.Module) -> torch.Tensor:
-    """``mrla(x, prev)``, where ``x`` is a view (the patch tokens' grid) of ``norm(x_src)`` and ``prev`` one of
-    ``prev_norm(prev_src)``. In training it runs through ``_TokenLight`` where ``token_light_applies``: the norms
-    keep ``x_src`` and ``prev_src``, the layer nothing more than its gate. torch.compile gets the plain modules,
-    as Inductor rematerialises by itself.
+    """``mrla(x, prev)``, where ``x`` is the grid of the last H*W tokens (the patch tokens) of ``norm(x_src)`` and
+    ``prev`` that of ``prev_norm(prev_src)``. In training it runs through the op ``_token_light`` where
+    ``token_light_applies``, compiled or not: the norms keep ``x_src`` and ``prev_src``, the layer nothing more
+    than its gate.
     """
-    if torch.compiler.is_compiling() or not token_light_applies(x, prev, mrla, norm, prev_norm):
+    if not token_light_applies(x, prev, mrla, norm, prev_norm):
         return mrla(x, prev)
     return _token_light(x, prev, mrla.gate(x), mrla.v.weight, mrla.lambda_t, mrla.value_act.approximate,
                         x_src, norm.weight, norm.bias, norm.eps, prev_src, prev_norm.weight, prev_norm.bias,
