@@ -24,7 +24,7 @@ DeiT blocks: ``mrla_light(LN_x(x), LN_prev(prev))`` with a GELU value, on the pa
 keep the normalised ``x`` (for the convolution), the convolution's output (for GELU), the value (for the gate's
 gradient) and the normalised ``prev`` (for lambda's): four token maps. Both LayerNorms and the gate stay in
 autograd, which keeps their inputs: ``x`` and ``prev`` (the block input, kept by its first norm anyway).
-``_token_light`` takes the normalised grids as inputs without saving them and in backward recomputes them from
+``_token_light_op`` takes the normalised grids as inputs without saving them and in backward recomputes them from
 ``x`` and ``prev`` with the same ``F.layer_norm`` calls, then the value, so the branch keeps no token map of its
 own.
 """
@@ -241,7 +241,7 @@ def token_light_applies(x: torch.Tensor, prev: torch.Tensor, mrla: nn.Module, no
 
 
 @torch.library.custom_op('timm_mrla::token_light', mutates_args=())
-def _token_light(x: torch.Tensor, prev: torch.Tensor, gate: torch.Tensor, weight: torch.Tensor,
+def _token_light_op(x: torch.Tensor, prev: torch.Tensor, gate: torch.Tensor, weight: torch.Tensor,
                  lambda_t: torch.Tensor, approximate: str, x_src: torch.Tensor, x_weight: Optional[torch.Tensor],
                  x_bias: Optional[torch.Tensor], x_eps: float, prev_src: torch.Tensor,
                  prev_weight: Optional[torch.Tensor], prev_bias: Optional[torch.Tensor], prev_eps: float
@@ -260,7 +260,7 @@ def _token_light(x: torch.Tensor, prev: torch.Tensor, gate: torch.Tensor, weight
     return torch.mul(lambda_t.to(x.dtype)[:, None, None], prev, out=out).addcmul_(value, gate)
 
 
-@_token_light.register_fake
+@_token_light_op.register_fake
 def _(x, prev, gate, weight, lambda_t, approximate, x_src, x_weight, x_bias, x_eps, prev_src, prev_weight,
       prev_bias, prev_eps):
     return torch.empty_like(prev)
@@ -273,17 +273,21 @@ def _token_light_save(ctx, inputs, output):
     ctx.approximate, ctx.x_eps, ctx.prev_eps, ctx.grid = approximate, x_eps, prev_eps, tuple(x.shape[2:])
 
 
-def _token_grid(tokens: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
-    """The last H*W tokens [B, H*W, C] of ``tokens`` as a grid [B, C, H, W] (a view)."""
-    return tokens[:, tokens.shape[1] - grid[0] * grid[1]:].unflatten(1, grid).permute(0, 3, 1, 2)
+def _normalised_grid(tokens: torch.Tensor, grid: Tuple[int, int], weight: Optional[torch.Tensor],
+                     bias: Optional[torch.Tensor], eps: float) -> torch.Tensor:
+    """The last H*W tokens of ``tokens`` [B, N, C] layer-normalised, as a grid [B, C, H, W]: token by token what
+    forward's LayerNorm gave. Normalising these tokens alone also keeps torch.compile's common-subexpression pass
+    from merging the call with forward's LayerNorm, which would have the partitioner keep forward's output."""
+    patches = tokens[:, tokens.shape[1] - grid[0] * grid[1]:]
+    return F.layer_norm(patches, patches.shape[-1:], weight, bias, eps).unflatten(1, grid).permute(0, 3, 1, 2)
 
 
 def _token_light_backward(ctx, grad_out):
     gate, weight_param, lambda_t, x_src, x_weight, x_bias, prev_src, prev_weight, prev_bias = ctx.saved_tensors
     channels = gate.shape[1]
-    # the grids as forward saw them: bit for bit in eager; under torch.compile forward's were Inductor's
-    x = _token_grid(F.layer_norm(x_src, (channels,), x_weight, x_bias, ctx.x_eps), ctx.grid)
-    prev = _token_grid(F.layer_norm(prev_src, (channels,), prev_weight, prev_bias, ctx.prev_eps), ctx.grid)
+    # the grids as forward saw them (under torch.compile forward's came from Inductor's LayerNorm)
+    x = _normalised_grid(x_src, ctx.grid, x_weight, x_bias, ctx.x_eps)
+    prev = _normalised_grid(prev_src, ctx.grid, prev_weight, prev_bias, ctx.prev_eps)
     weight = weight_param.to(x.dtype)
     value_pre = F.conv2d(x, weight, None, 1, 1, 1, channels)
     value = F.gelu(value_pre, approximate=ctx.approximate)
@@ -300,17 +304,26 @@ def _token_light_backward(ctx, grad_out):
             None, None, None, None, None, None)
 
 
-_token_light.register_autograd(_token_light_backward, setup_context=_token_light_save)
+_token_light_op.register_autograd(_token_light_backward, setup_context=_token_light_save)
 
 
-# FX records the call as one node: a traced training model runs the same unit
+def _token_light(x: torch.Tensor, prev: torch.Tensor, gate: torch.Tensor, weight: torch.Tensor,
+                 lambda_t: torch.Tensor, approximate: str, x_src: torch.Tensor, x_weight: Optional[torch.Tensor],
+                 x_bias: Optional[torch.Tensor], x_eps: float, prev_src: torch.Tensor,
+                 prev_weight: Optional[torch.Tensor], prev_bias: Optional[torch.Tensor], prev_eps: float
+                 ) -> torch.Tensor:
+    return _token_light_op(x, prev, gate, weight, lambda_t, approximate, x_src, x_weight, x_bias, x_eps, prev_src,
+                           prev_weight, prev_bias, prev_eps)
+
+
+# FX records the call as one node (it cannot name the op object itself): a traced training model runs the same unit
 torch.fx.wrap('_token_light')
 
 
 def token_light(x: torch.Tensor, prev: torch.Tensor, mrla: nn.Module, x_src: torch.Tensor, norm: nn.Module,
                 prev_src: torch.Tensor, prev_norm: nn.Module) -> torch.Tensor:
     """``mrla(x, prev)``, where ``x`` is the grid of the last H*W tokens (the patch tokens) of ``norm(x_src)`` and
-    ``prev`` that of ``prev_norm(prev_src)``. In training it runs through the op ``_token_light`` where
+    ``prev`` that of ``prev_norm(prev_src)``. In training it runs through the op ``_token_light_op`` where
     ``token_light_applies``, compiled or not: the norms keep ``x_src`` and ``prev_src``, the layer nothing more
     than its gate.
     """
