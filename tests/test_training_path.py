@@ -278,7 +278,7 @@ def compiled_ops(fn: Callable, *args) -> List[str]:
 
 
 def assert_compiled_training_equals_eager(model: nn.Module, x: torch.Tensor, op: str, tol: float = 1e-9):
-    """``torch.compile(model, fullgraph=True)`` (Inductor) traces the unit as the op ``op`` and, trained for two
+    """``torch.compile(model, fullgraph=True)`` (Inductor) traces the unit as ``op`` and, trained for two
     seeded SGD steps, gives eager's outputs, weights and running statistics. Inductor draws its own random numbers
     unless told to fall back to eager's, so it is: then drop-path drops the same samples. Float64: in float32 two
     train-mode steps at a small batch amplify the rounding of Inductor's reordered sums past 1e-5."""
@@ -296,9 +296,9 @@ def assert_compiled_training_equals_eager(model: nn.Module, x: torch.Tensor, op:
         torch.testing.assert_close(compiled_state[key], state[key], rtol=tol, atol=1e-12, msg=key)
 
 
-def test_compiled_branch_is_the_op_and_keeps_only_x_and_prev():
-    """Under torch.compile the branch is one op that keeps what it keeps in eager mode (the partitioner Inductor
-    uses, without Inductor's code generation); the plain modules compiled keep another map."""
+def test_compiled_branch_is_checkpointed_and_keeps_only_x_and_prev():
+    """Under torch.compile the branch is one checkpointed region that keeps what the unit keeps in eager mode (the
+    partitioner Inductor uses, without Inductor's code generation); the plain modules compiled keep another map."""
     layer, norm, drop_path = _branch(drop=0.2)
     x, prev, _ = _inputs(0, shape=(4, 64, 16, 16))
     maps = x.numel() * x.element_size()
@@ -308,7 +308,7 @@ def test_compiled_branch_is_the_op_and_keeps_only_x_and_prev():
 
     def plain(x, prev):
         return x + drop_path(norm(layer(x, prev)))
-    assert 'timm_mrla.light_branch.default' in compiled_ops(branch, x, prev)
+    assert 'tag_activation_checkpoint' in compiled_ops(branch, x, prev)
     saved = {}
     for name, fn in (('branch', branch), ('plain', plain)):
         torch._dynamo.reset()
@@ -323,7 +323,7 @@ def test_compiled_resnet_training_equals_eager():
     torch.manual_seed(0)
     model = timm.create_model('resnet18_mrla', layers=(1, 1, 1, 1), num_classes=5, drop_path_rate=0.3)
     x = torch.randn(4, 3, 32, 32, dtype=torch.float64)
-    assert_compiled_training_equals_eager(model.double().train(), x, 'timm_mrla.light_branch.default')
+    assert_compiled_training_equals_eager(model.double().train(), x, 'tag_activation_checkpoint')
 
 
 def test_compiled_efficientnet_training_equals_eager():
@@ -333,4 +333,4 @@ def test_compiled_efficientnet_training_equals_eager():
     model = MRLAEfficientNet(block_args=decode_arch_def(arch), stem_size=16, num_features=64, num_classes=5,
                              drop_path_rate=0.3)
     x = torch.randn(4, 3, 32, 32, dtype=torch.float64)
-    assert_compiled_training_equals_eager(model.double().train(), x, 'timm_mrla.light_branch.default')
+    assert_compiled_training_equals_eager(model.double().train(), x, 'tag_activation_checkpoint')

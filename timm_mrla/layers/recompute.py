@@ -8,7 +8,7 @@ import torch.nn as nn
 from timm.layers import BatchNormAct2d
 
 __all__ = ['observed', 'needs_plain_modules', 'is_plain_batchnorm', 'average_factor', 'drop_path_keep_scale',
-           'batchnorm_stats_dtype', 'batch_statistics', 'update_running_stats', 'batchnorm_scale_shift']
+           'batchnorm_stats_dtype', 'update_running_stats', 'batchnorm_scale_shift']
 
 
 def observed(module: nn.Module) -> bool:
@@ -64,22 +64,12 @@ def batchnorm_stats_dtype(x: torch.Tensor, *params: Optional[torch.Tensor]) -> t
     return next((p.dtype for p in params if p is not None), x.dtype)
 
 
-def batch_statistics(x: torch.Tensor, dtype: torch.dtype) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel batch mean and biased variance of [B, C, H, W] ``x`` in ``dtype`` (``batchnorm_stats_dtype``),
-    from BatchNorm's own kernel, accumulated as ``nn.BatchNorm2d`` accumulates them."""
-    if dtype == x.dtype:
-        return torch.batch_norm_update_stats(x, None, None, 0.)
-    # throw-away running buffers of the parameters' dtype select the mixed-dtype kernel, as BatchNorm's own would
-    buffer = x.new_zeros(x.shape[1], dtype=dtype)
-    return torch.batch_norm_update_stats(x, buffer, buffer.clone(), 0.)
-
-
 def update_running_stats(running_mean: torch.Tensor, running_var: torch.Tensor, factor: float, mean: torch.Tensor,
                          var: torch.Tensor, count: int) -> None:
     """``nn.BatchNorm2d``'s running-statistics update from the batch ``mean`` and biased ``var`` of ``count``
     values per channel, with ``average_factor``'s ``factor``: the running variance is the unbiased one. For units
-    that return their batch statistics instead of updating the buffers themselves (torch.library ops may not
-    mutate their inputs)."""
+    that return their batch statistics instead of updating the buffers themselves (a region that torch.compile
+    recomputes, a torch.library op, which may not mutate its inputs)."""
     if count < 2:
         raise ValueError(f'BatchNorm in training needs more than 1 value per channel, got {count}')
     with torch.no_grad():
