@@ -215,10 +215,10 @@ def token_light_applies(x: torch.Tensor, prev: torch.Tensor, mrla: nn.Module, no
 
 @torch.library.custom_op('timm_mrla::token_light', mutates_args=())
 def _token_light_op(x: torch.Tensor, prev: torch.Tensor, gate: torch.Tensor, weight: torch.Tensor,
-                 lambda_t: torch.Tensor, approximate: str, x_src: torch.Tensor, x_weight: Optional[torch.Tensor],
-                 x_bias: Optional[torch.Tensor], x_eps: float, prev_src: torch.Tensor,
-                 prev_weight: Optional[torch.Tensor], prev_bias: Optional[torch.Tensor], prev_eps: float
-                 ) -> torch.Tensor:
+                    lambda_t: torch.Tensor, approximate: str, x_src: torch.Tensor, x_weight: Optional[torch.Tensor],
+                    x_bias: Optional[torch.Tensor], x_eps: float, prev_src: torch.Tensor,
+                    prev_weight: Optional[torch.Tensor], prev_bias: Optional[torch.Tensor], prev_eps: float
+                    ) -> torch.Tensor:
     """``lambda_t * prev + gate * GELU(dwconv3x3(x, weight))`` for the grids [B, C, H, W] ``x`` and ``prev`` of the
     last H*W tokens of ``F.layer_norm`` outputs, saving neither: backward recomputes them from the LayerNorm
     inputs ``x_src`` [B, prefix + H*W, C] and ``prev_src`` [B, H*W, C] with the same calls and views.

@@ -217,8 +217,9 @@ def add_mrla_light(x: torch.Tensor, prev: torch.Tensor, mrla: MRLALight, norm: n
 
     At inference an eval-mode BatchNorm folds into the layer (``MRLALight.forward_folded``), FX-traced models
     included. In training the branch runs as one unit that recomputes its intermediates in backward instead of
-    storing them (``light_branch_train``, which also explains ``prev_source``), under torch.compile too, as one
-    opaque op. TorchScript-ed blocks write the expression out, and torch.compile at inference fuses it, plainly.
+    storing them (``light_branch_train``, which also explains ``prev_source``), under torch.compile as a region
+    that Inductor recomputes. TorchScript-ed blocks write the expression out, and torch.compile at inference fuses
+    it, plainly.
     """
     if not drop_path.training and not torch.compiler.is_compiling():
         affine = batchnorm_affine(norm)
