@@ -318,6 +318,28 @@ def test_compiled_branch_is_checkpointed_and_keeps_only_x_and_prev():
     assert saved['plain'] >= 3 * maps
 
 
+def test_compiled_branch_under_bf16_autocast():
+    """Compiled (aot_eager: cheap) under CPU bf16 autocast, the checkpointed branch stays within bf16 rounding of
+    the eager unit, and keeps the statistics in float32 as BatchNorm does."""
+    branch, compiled_branch = _branch(drop=0.2), _branch(drop=0.2)
+    x, prev, weights = _inputs(0)
+    xb, pb = x.detach().bfloat16().requires_grad_(), prev.detach().bfloat16().requires_grad_()
+    torch._dynamo.reset()
+    compiled = torch.compile(add_mrla_light, backend='aot_eager', fullgraph=True)
+    results = []
+    for fn, (layer, norm, drop_path) in ((add_mrla_light, branch), (compiled, compiled_branch)):
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            torch.manual_seed(7)
+            out = fn(xb, pb, layer, norm, drop_path)
+        assert out.dtype == torch.bfloat16
+        results.append([out, *torch.autograd.grad((out.float() * weights).sum(), [xb, pb, *layer.parameters()])])
+    for got, want in zip(*results):
+        assert rel_error(got.float(), want.float()) <= 2e-2
+    assert compiled_branch[1].running_mean.dtype == torch.float32
+    assert rel_error(compiled_branch[1].running_mean, branch[1].running_mean) <= 1e-2
+    assert rel_error(compiled_branch[1].running_var, branch[1].running_var) <= 1e-2
+
+
 def test_compiled_resnet_training_equals_eager():
     """A four-block resnet18_mrla (a projected shortcut in three), drop-path on."""
     torch.manual_seed(0)
