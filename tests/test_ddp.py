@@ -34,7 +34,8 @@ from test_training_path import rel_error
 MODELS = {
     'resnet18_mrla': (dict(channels=(32, 64, 64, 128), stem_width=32), '_LightBranchBackward'),
     'resnet50_mrla_base': (dict(layers=(1, 3, 1, 1), channels=(16, 32, 32, 64), stem_width=16), '_BaseBranchBackward'),
-    'deit_tiny_mrla': (dict(img_size=32, patch_size=8, depth=2, global_pool='avg'), '_TokenLightBackward'),
+    'deit_tiny_mrla': (dict(img_size=32, patch_size=8, depth=2, global_pool='avg'),
+                       'GeneratedBackwardFor_timm_mrla_token_light_defaultBackward'),  # the op's autograd node
 }
 WORLD_SIZE, STEPS, BATCH, CLASSES = 2, 3, 4, 5
 COLLECTIVE_TIMEOUT_S = 60  # a rank that waits longer on the other fails instead of hanging

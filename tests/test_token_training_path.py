@@ -1,7 +1,8 @@
 """The training path of DeiT's token MRLA-light (``timm_mrla.layers.light_train.token_light``) equals the plain
 modules and the literal reference form: outputs and every gradient, with any number of prefix tokens, both GELU
 forms, LayerNorms with and without affine, and under gradient checkpointing, FX, TorchScript, torch.compile and
-bf16; it keeps no token map beyond the block's mid output ``x``, and observed modules take the plain modules."""
+bf16; it keeps no token map beyond the block's mid output ``x``, compiled too, and observed modules take the plain
+modules."""
 import copy
 
 import pytest
@@ -10,28 +11,30 @@ import torch
 import torch.nn as nn
 from timm.layers import LayerNorm
 from timm.models.vision_transformer import Block
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import timm_mrla  # noqa: F401
 from timm_mrla.layers import reference_mode
-from timm_mrla.layers.light_train import _TokenLight, token_light_applies
+from timm_mrla.layers.light_train import token_light_applies
 from timm_mrla.models.deit import MRLALightBlock, _to_grid, _to_tokens
 from test_fast_paths import _saved_bytes
-from test_training_path import FP32_TOL, rel_error, sgd_steps
+from test_training_path import FP32_TOL, assert_compiled_training_equals_eager, rel_error, sgd_steps
 
 DIM, GRID = 64, (5, 6)
 
 
 @pytest.fixture
-def unit_backwards(monkeypatch):
-    """How many times ``_TokenLight``'s backward ran: proof that a test went through the unit."""
+def unit_calls():
+    """How many times the op ``timm_mrla::token_light`` ran: proof that a test went through the unit."""
     calls = []
-    backward = _TokenLight.backward
 
-    def counted(ctx, grad_out):
-        calls.append(1)
-        return backward(ctx, grad_out)
-    monkeypatch.setattr(_TokenLight, 'backward', staticmethod(counted))
-    return calls
+    class CountCalls(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func is torch.ops.timm_mrla.token_light.default:
+                calls.append(1)
+            return func(*args, **(kwargs or {}))
+    with CountCalls():
+        yield calls
 
 
 def _block(norm_layer=LayerNorm, approximate='none', seed=0, dtype=torch.float32):
@@ -91,13 +94,13 @@ def _mid_grids(block, x, num_prefix):
 @pytest.mark.parametrize('num_prefix', [0, 1, 2])
 @pytest.mark.parametrize('approximate', ['none', 'tanh'])
 @pytest.mark.parametrize('norm_layer', [LayerNorm, nn.LayerNorm, lambda dim, **kw: LayerNorm(dim, affine=False)])
-def test_block_equals_plain_and_reference(num_prefix, approximate, norm_layer, unit_backwards):
+def test_block_equals_plain_and_reference(num_prefix, approximate, norm_layer, unit_calls):
     """fp32: output, gradients of the input and every parameter, against the plain modules and the literal form."""
     block, ref_block = _block(norm_layer, approximate), _block(norm_layer, approximate)
     x, weights = _tokens(num_prefix)
     assert token_light_applies(*_mid_grids(block, x, num_prefix), block.mrla, block.norm_mrla, block.norm_mrla_prev)
     got = _step(block, x, weights, lambda t: block(t, GRID, num_prefix))
-    assert unit_backwards == [1]
+    assert unit_calls == [1]
     plain = _step(block, x, weights, lambda t: _plain(block, t, GRID, num_prefix))
     with reference_mode(ref_block):
         reference = _step(ref_block, x, weights, lambda t: ref_block(t, GRID, num_prefix))
@@ -106,13 +109,13 @@ def test_block_equals_plain_and_reference(num_prefix, approximate, norm_layer, u
     _assert_close(got, reference)
 
 
-def test_model_training_steps_equal_reference(unit_backwards):
+def test_model_training_steps_equal_reference(unit_calls):
     """A small deit_tiny_mrla with drop-path, two SGD steps: the reference form's outputs and weights."""
     model = _small_model()
     ref_model = copy.deepcopy(model)
     x = torch.randn(4, 3, 32, 32)
     outs = sgd_steps(model, x)
-    assert len(unit_backwards) == 4  # two blocks, two steps
+    assert len(unit_calls) == 4  # two blocks, two steps
     with reference_mode(ref_model):
         ref_outs = sgd_steps(ref_model, x)
     _assert_close(outs, ref_outs)
@@ -133,7 +136,7 @@ def test_keeps_no_token_map_beyond_x():
     assert plain - fast >= 3.9 * maps
 
 
-def test_gradient_checkpointing(unit_backwards):
+def test_gradient_checkpointing(unit_calls):
     """Checkpointed blocks (recomputed in backward, the unit then run again) give the reference form's gradients."""
     model = _small_model()
     ref_model = copy.deepcopy(model)
@@ -141,19 +144,19 @@ def test_gradient_checkpointing(unit_backwards):
     x = torch.randn(2, 3, 32, 32, requires_grad=True)
     weights = torch.randn(2, 5)
     got = _step(model, x, weights, model)
-    assert len(unit_backwards) == 2
+    assert len(unit_calls) == 4  # two blocks, each run again in backward
     with reference_mode(ref_model):
         want = _step(ref_model, x, weights, ref_model)
     _assert_close(got, want)
 
 
-def test_fx_traced_block_runs_the_training_path(unit_backwards):
+def test_fx_traced_block_runs_the_training_path(unit_calls):
     block, ref_block = _block(), _block()
     traced = torch.fx.symbolic_trace(block, concrete_args={'grid': GRID, 'num_prefix_tokens': 1})
     assert any(node.op == 'call_function' and node.target.__name__ == '_token_light' for node in traced.graph.nodes)
     x, weights = _tokens(1)
     got = _step(block, x, weights, lambda t: traced(t, GRID, 1))
-    assert unit_backwards == [1]
+    assert unit_calls == [1]
     with reference_mode(ref_block):
         want = _step(ref_block, x, weights, lambda t: ref_block(t, GRID, 1))
     _assert_close(got, want)
@@ -168,24 +171,37 @@ def test_torchscript_block_equals_the_training_path():
                   _step(block, x, weights, lambda t: block(t, GRID, 1)))
 
 
-def test_torch_compile_of_a_training_block(unit_backwards):
-    """torch.compile traces the plain modules and matches the eager training path."""
-    block, compiled_block = _block(), _block()
-    compiled = torch.compile(compiled_block, backend='aot_eager', fullgraph=True)
-    x, weights = _tokens(1)
-    got = _step(compiled_block, x, weights, lambda t: compiled(t, GRID, 1))
-    assert unit_backwards == []
-    _assert_close(got, _step(block, x, weights, lambda t: block(t, GRID, 1)))
+def test_compiled_model_training_equals_eager():
+    """torch.compile (Inductor, one graph) traces the unit as its op and trains as eager does."""
+    model = _small_model().double()
+    assert_compiled_training_equals_eager(model, torch.randn(4, 3, 32, 32, dtype=torch.float64),
+                                          'timm_mrla.token_light.default')
 
 
-def test_bf16(unit_backwards):
+def test_compiled_block_keeps_no_token_map_beyond_x():
+    """Compiled (the partitioner Inductor uses, without Inductor's code generation), the MRLA part keeps what it
+    keeps in eager mode; the plain modules compiled keep two more maps."""
+    block = _block()
+    x, _ = _tokens(1, shape=(4, 16, 16))
+    maps = x.numel() * x.element_size()
+    saved = {}
+    for name, fn in (('base', lambda t: Block.forward(block, t)), ('unit', lambda t: block(t, (16, 16), 1)),
+                     ('plain', lambda t: _plain(block, t, (16, 16), 1))):
+        torch._dynamo.reset()
+        compiled = torch.compile(fn, backend='aot_eager_decomp_partition', fullgraph=True)
+        saved[name] = _saved_bytes(lambda: compiled(x))
+    assert maps <= saved['unit'] - saved['base'] < maps + 64 * 1024
+    assert saved['plain'] - saved['unit'] >= 1.9 * maps
+
+
+def test_bf16(unit_calls):
     """A bf16 block runs the unit in bf16, within bf16 rounding of the float32 reference form. Under bf16
     autocast the residual stream is float32, so its grids are too and the plain modules run."""
     block, ref_block = _block(dtype=torch.bfloat16), _block()
     x, weights = _tokens(1)
     xb = x.detach().bfloat16().requires_grad_()
     got = _step(block, xb, weights, lambda t: block(t, GRID, 1))
-    assert unit_backwards == [1] and got[0].dtype == torch.bfloat16
+    assert unit_calls == [1] and got[0].dtype == torch.bfloat16
     with reference_mode(ref_block):
         want = _step(ref_block, x, weights, lambda t: ref_block(t, GRID, 1))
     assert rel_error(got[0].float(), want[0]) <= 2e-2
@@ -197,7 +213,7 @@ def test_bf16(unit_backwards):
         assert grids[0].dtype == torch.float32
         assert not token_light_applies(*grids, block.mrla, block.norm_mrla, block.norm_mrla_prev)
         got = _step(block, x, weights, lambda t: block(t, GRID, 1))
-    assert unit_backwards == [1]
+    assert unit_calls == [1]
     _assert_close(got, want, tol=5e-2)
 
 
@@ -209,17 +225,17 @@ def test_bf16(unit_backwards):
     (lambda b: b.mrla.v.register_forward_pre_hook(lambda *args: None), 'a hook on the value convolution'),
     (lambda b: b.norm_mrla_prev.register_forward_hook(lambda m, args, out: out * 2), 'a hook altering a norm'),
 ])
-def test_other_cases_take_the_plain_modules(change, why, unit_backwards):
+def test_other_cases_take_the_plain_modules(change, why, unit_calls):
     block = _block()
     change(block)
     x, weights = _tokens(1)
     assert not token_light_applies(*_mid_grids(block, x, 1), block.mrla, block.norm_mrla, block.norm_mrla_prev), why
     _assert_close(_step(block, x, weights, lambda t: block(t, GRID, 1)),
                   _step(block, x, weights, lambda t: _plain(block, t, GRID, 1)))
-    assert unit_backwards == []
+    assert unit_calls == []
 
 
-def test_observed_layer_and_no_grad_take_the_plain_modules(unit_backwards):
+def test_observed_layer_and_no_grad_take_the_plain_modules(unit_calls):
     """A forward hook on the layer still fires, ``reference_mode`` computes the literal form, and without grad
     mode nothing needs the unit."""
     block = _block()
@@ -234,4 +250,4 @@ def test_observed_layer_and_no_grad_take_the_plain_modules(unit_backwards):
         _step(block, x, weights, lambda t: block(t, GRID, 1))
     with torch.no_grad():
         assert not token_light_applies(*_mid_grids(block, x, 1), block.mrla, block.norm_mrla, block.norm_mrla_prev)
-    assert unit_backwards == []
+    assert unit_calls == []

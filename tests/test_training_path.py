@@ -1,17 +1,21 @@
 """The training path of the MRLA-light branch (``timm_mrla.layers.light_train``) equals the plain modules and the
 literal reference form: outputs, every gradient, BatchNorm running statistics, drop-path, and under gradient
-checkpointing, torch.compile, FX, TorchScript and bf16 autocast; and it keeps only ``x`` and ``prev``."""
+checkpointing, torch.compile, FX, TorchScript and bf16 autocast; and it keeps only ``x`` and ``prev``, compiled
+too."""
 import copy
+from typing import Callable, List
 
 import pytest
 import timm
 import torch
 import torch.nn as nn
 from timm.layers import BatchNormAct2d, DropPath
+from timm.models._efficientnet_builder import decode_arch_def
 
 import timm_mrla  # noqa: F401
 from timm_mrla.layers import MRLALight, add_mrla_light, mrla_light_reference, reference_mode
 from timm_mrla.layers.light_train import light_branch_applies
+from timm_mrla.models.efficientnet import MRLAEfficientNet
 from timm_mrla.models.resnet import MRLABasicBlock
 from test_fast_paths import _saved_bytes
 
@@ -228,16 +232,6 @@ def test_torchscript_block_equals_the_training_path():
     _assert_same_statistics(eager.bn_mrla, scripted.bn_mrla)
 
 
-def test_torch_compile_of_a_training_model():
-    """torch.compile traces the plain modules (Inductor fuses them) and matches the eager training path."""
-    block, compiled_block = _block(), _block()
-    compiled = torch.compile(compiled_block, backend='aot_eager', fullgraph=True)
-    x, weights = _block_case()
-    got = _block_step(compiled_block, x, weights, compiled)
-    want = _block_step(block, x, weights)
-    _assert_blocks_equal(compiled_block, block, got, want)
-
-
 def sgd_steps(model: nn.Module, x: torch.Tensor, steps: int = 2):
     """The outputs of ``steps`` SGD steps on a cross-entropy loss (targets 0, 1, ...), each seeded for drop-path."""
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -269,3 +263,96 @@ def test_model_training_steps_equal_reference():
     for key in state:
         # absolute slack for parameters whose gradient is zero up to rounding (~1e-18)
         torch.testing.assert_close(state[key], ref_state[key], rtol=1e-10, atol=1e-12, msg=key)
+
+
+def compiled_ops(fn: Callable, *args) -> List[str]:
+    """The operators in Dynamo's graph of ``fn(*args)``, traced as one graph (no Inductor: cheap)."""
+    ops = []
+
+    def record(graph_module, example_inputs):
+        ops.extend(str(node.target) for node in graph_module.graph.nodes if node.op == 'call_function')
+        return graph_module.forward
+    torch._dynamo.reset()
+    torch.compile(fn, backend=record, fullgraph=True)(*args)
+    return ops
+
+
+def assert_compiled_training_equals_eager(model: nn.Module, x: torch.Tensor, op: str, tol: float = 1e-9):
+    """``torch.compile(model, fullgraph=True)`` (Inductor) traces the unit as ``op`` and, trained for two
+    seeded SGD steps, gives eager's outputs, weights and running statistics. Inductor draws its own random numbers
+    unless told to fall back to eager's, so it is: then drop-path drops the same samples. Float64: in float32 two
+    train-mode steps at a small batch amplify the rounding of Inductor's reordered sums past 1e-5."""
+    assert op in compiled_ops(copy.deepcopy(model), x)
+    compiled_model = copy.deepcopy(model)
+    torch._dynamo.reset()
+    with torch._inductor.config.patch(fallback_random=True):
+        got = sgd_steps(torch.compile(compiled_model, fullgraph=True), x)
+    want = sgd_steps(model, x)
+    for a, b in zip(got, want):
+        assert rel_error(a, b) <= tol
+    state, compiled_state = model.state_dict(), compiled_model.state_dict()
+    for key in state:
+        # absolute slack for parameters whose gradient is zero up to rounding (~1e-18)
+        torch.testing.assert_close(compiled_state[key], state[key], rtol=tol, atol=1e-12, msg=key)
+
+
+def test_compiled_branch_is_checkpointed_and_keeps_only_x_and_prev():
+    """Under torch.compile the branch is one checkpointed region that keeps what the unit keeps in eager mode (the
+    partitioner Inductor uses, without Inductor's code generation); the plain modules compiled keep another map."""
+    layer, norm, drop_path = _branch(drop=0.2)
+    x, prev, _ = _inputs(0, shape=(4, 64, 16, 16))
+    maps = x.numel() * x.element_size()
+
+    def branch(x, prev):
+        return add_mrla_light(x, prev, layer, norm, drop_path)
+
+    def plain(x, prev):
+        return x + drop_path(norm(layer(x, prev)))
+    assert 'tag_activation_checkpoint' in compiled_ops(branch, x, prev)
+    saved = {}
+    for name, fn in (('branch', branch), ('plain', plain)):
+        torch._dynamo.reset()
+        compiled = torch.compile(fn, backend='aot_eager_decomp_partition', fullgraph=True)
+        saved[name] = _saved_bytes(lambda: compiled(x, prev))
+    assert 2 * maps <= saved['branch'] < 2 * maps + 64 * 1024
+    assert saved['plain'] >= 3 * maps
+
+
+def test_compiled_branch_under_bf16_autocast():
+    """Compiled (aot_eager: cheap) under CPU bf16 autocast, the checkpointed branch stays within bf16 rounding of
+    the eager unit, and keeps the statistics in float32 as BatchNorm does."""
+    branch, compiled_branch = _branch(drop=0.2), _branch(drop=0.2)
+    x, prev, weights = _inputs(0)
+    xb, pb = x.detach().bfloat16().requires_grad_(), prev.detach().bfloat16().requires_grad_()
+    torch._dynamo.reset()
+    compiled = torch.compile(add_mrla_light, backend='aot_eager', fullgraph=True)
+    results = []
+    for fn, (layer, norm, drop_path) in ((add_mrla_light, branch), (compiled, compiled_branch)):
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            torch.manual_seed(7)
+            out = fn(xb, pb, layer, norm, drop_path)
+        assert out.dtype == torch.bfloat16
+        results.append([out, *torch.autograd.grad((out.float() * weights).sum(), [xb, pb, *layer.parameters()])])
+    for got, want in zip(*results):
+        assert rel_error(got.float(), want.float()) <= 2e-2
+    assert compiled_branch[1].running_mean.dtype == torch.float32
+    assert rel_error(compiled_branch[1].running_mean, branch[1].running_mean) <= 1e-2
+    assert rel_error(compiled_branch[1].running_var, branch[1].running_var) <= 1e-2
+
+
+def test_compiled_resnet_training_equals_eager():
+    """A four-block resnet18_mrla (a projected shortcut in three), drop-path on."""
+    torch.manual_seed(0)
+    model = timm.create_model('resnet18_mrla', layers=(1, 1, 1, 1), num_classes=5, drop_path_rate=0.3)
+    x = torch.randn(4, 3, 32, 32, dtype=torch.float64)
+    assert_compiled_training_equals_eager(model.double().train(), x, 'tag_activation_checkpoint')
+
+
+def test_compiled_efficientnet_training_equals_eager():
+    """A small MRLA EfficientNet: two stages of two inverted residuals with squeeze-excitation, drop-path on."""
+    torch.manual_seed(0)
+    arch = [['ds_r1_k3_s1_e1_c16'], ['ir_r2_k3_s2_e6_c24_se0.25'], ['ir_r2_k5_s2_e6_c40_se0.25']]
+    model = MRLAEfficientNet(block_args=decode_arch_def(arch), stem_size=16, num_features=64, num_classes=5,
+                             drop_path_rate=0.3)
+    x = torch.randn(4, 3, 32, 32, dtype=torch.float64)
+    assert_compiled_training_equals_eager(model.double().train(), x, 'tag_activation_checkpoint')

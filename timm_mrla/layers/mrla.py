@@ -243,14 +243,14 @@ def add_mrla_light(x: torch.Tensor, prev: torch.Tensor, mrla: MRLALight, norm: n
 
     At inference an eval-mode BatchNorm folds into the layer (``MRLALight.forward_folded``), FX-traced and
     exported models included. In training the branch runs as one unit that recomputes its intermediates in
-    backward instead of storing them (``light_branch_train``, which also explains ``prev_source``).
-    TorchScript-ed blocks write the expression out, and torch.compile (but not torch.export) fuses it, plainly.
+    backward instead of storing them (``light_branch_train``, which also explains ``prev_source``), under
+    torch.compile as a region that Inductor recomputes. TorchScript-ed blocks write the expression out, and
+    torch.compile at inference (but not torch.export) fuses it, plainly.
     """
     if not drop_path.training and (_capturing_graph() or not torch.compiler.is_compiling()):
         affine = batchnorm_affine(norm)
         if affine is not None:
             return mrla.forward_folded(x, prev, *affine)
-    if drop_path.training and not torch.compiler.is_compiling() and light_branch_applies(x, prev, mrla, norm,
-                                                                                          drop_path):
+    if drop_path.training and light_branch_applies(x, prev, mrla, norm, drop_path):
         return light_branch_train(x, prev, mrla, norm, drop_path, prev_source)
     return x + drop_path(norm(mrla(x, prev)))

@@ -8,7 +8,7 @@ import torch.nn as nn
 from timm.layers import BatchNormAct2d
 
 __all__ = ['observed', 'needs_plain_modules', 'is_plain_batchnorm', 'average_factor', 'drop_path_keep_scale',
-           'batchnorm_scale_shift']
+           'batchnorm_stats_dtype', 'update_running_stats', 'batchnorm_scale_shift']
 
 
 def observed(module: nn.Module) -> bool:
@@ -56,6 +56,25 @@ def drop_path_keep_scale(like: torch.Tensor, drop_prob: float, scale_by_keep: bo
     if keep_prob > 0. and scale_by_keep:
         keep_scale.div_(keep_prob)
     return keep_scale
+
+
+def batchnorm_stats_dtype(x: torch.Tensor, *params: Optional[torch.Tensor]) -> torch.dtype:
+    """The dtype of ``nn.BatchNorm2d``'s batch statistics for ``x``: that of its parameters and running buffers
+    ``params`` (float32 ones make a bfloat16 ``x`` take the mixed-dtype kernel), ``x``'s if it has none."""
+    return next((p.dtype for p in params if p is not None), x.dtype)
+
+
+def update_running_stats(running_mean: torch.Tensor, running_var: torch.Tensor, factor: float, mean: torch.Tensor,
+                         var: torch.Tensor, count: int) -> None:
+    """``nn.BatchNorm2d``'s running-statistics update from the batch ``mean`` and biased ``var`` of ``count``
+    values per channel, with ``average_factor``'s ``factor``: the running variance is the unbiased one. For units
+    that return their batch statistics instead of updating the buffers themselves (a region that torch.compile
+    recomputes, a torch.library op, which may not mutate its inputs)."""
+    if count < 2:
+        raise ValueError(f'BatchNorm in training needs more than 1 value per channel, got {count}')
+    with torch.no_grad():
+        running_mean.mul_(1. - factor).add_(mean, alpha=factor)
+        running_var.mul_(1. - factor).add_(var, alpha=factor * count / (count - 1))
 
 
 def batchnorm_scale_shift(mean: torch.Tensor, invstd: torch.Tensor, weight: Optional[torch.Tensor],
