@@ -267,9 +267,9 @@ def test_torch_compile_of_a_training_model():
 
 def test_inductor_compiled_stage_equals_eager():
     """Inductor, float64, one graph, drop-path on, two steps: a stage's output, input and parameter gradients and
-    running statistics equal the eager training path's. In the graphs Inductor gets, each block has its forward and
-    its backward operator, and the backward recomputes each value once (one recompute shared by the blocks that
-    attend to it, as in eager mode) and keeps no value from the forward."""
+    running statistics equal the eager training path's. In the graphs Inductor gets, each block has its forward
+    operator, and the backward recomputes each value once (one recompute shared by the blocks that attend to it, as
+    in eager mode) and keeps no value from the forward."""
     stage = _model().layer2
     eager_stage = copy.deepcopy(stage)
     graphs = {}
@@ -287,8 +287,7 @@ def test_inductor_compiled_stage_equals_eager():
     _assert_same_buffers(stage, eager_stage)
     ops = torch.ops.timm_mrla
     calls = {name: collections.Counter(node.target for node in graph.nodes) for name, graph in graphs.items()}
-    assert calls['forward'][ops.base_branch.default] == calls['backward'][ops.base_branch_backward.default] == 3
-    assert calls['backward'][ops.base_value.default] == 3
+    assert calls['forward'][ops.base_branch.default] == calls['backward'][ops.base_value.default] == 3
     value_convolutions = [node for node in graphs['forward'].nodes if node.target is torch.ops.aten.convolution.default
                           and node.args[-1] == stage[0].mrla.dim]  # groups: the depthwise value convolutions
     forward_outputs = next(iter(graphs['forward'].find_nodes(op='output'))).args[0]
@@ -353,11 +352,6 @@ def test_compiled_branch_operators_match_their_fake_kernels(dtype, affine, track
     forward_args = (attn.requires_grad_(), maps[-1], values, maps, kernels, weight, bias, keep_scale, stats_dtype,
                     1e-5, head_dim)
     torch.library.opcheck(base_train._base_branch_op, forward_args)
-    with torch.no_grad():
-        result, mean, var = base_train._base_branch_op(*forward_args)
-        torch.library.opcheck(base_train._base_branch_backward_op, (
-            torch.randn_like(result), attn, values, weight, bias, mean, torch.rsqrt(var + 1e-5), keep_scale, 1e-5,
-            head_dim))
     torch.library.opcheck(base_train._value_op, (maps[0], kernels[0]))
     # random: its outputs under AOT autograd cannot equal a second eager draw
     torch.library.opcheck(base_train._keep_scale_op, (maps[0], 0.3, True),

@@ -76,18 +76,18 @@ def _branch_output(summed: torch.Tensor, out: torch.Tensor, mean: torch.Tensor, 
 
 def _branch_backward(grad_result: torch.Tensor, attn: torch.Tensor, values: List[torch.Tensor],
                      bn_weight: Optional[torch.Tensor], bn_bias: Optional[torch.Tensor], mean: torch.Tensor,
-                     invstd: torch.Tensor, keep_scale: Optional[torch.Tensor], eps: float, head_dim: int,
-                     affine_grads: bool):
-    """The gradients of ``attn``, of each value and (when ``affine_grads``) of the BatchNorm affine, from the
-    recomputed values; the residual ``out`` takes ``grad_result`` as it is."""
+                     invstd: torch.Tensor, keep_scale: Optional[torch.Tensor], eps: float, head_dim: int):
+    """The gradients of ``attn``, of each value and of the BatchNorm affine (None without one), from the recomputed
+    values; the residual ``out`` takes ``grad_result`` as it is."""
     summed = weighted_values(attn, values, head_dim)
     scale, shift = batchnorm_scale_shift(mean, invstd, bn_weight, bn_bias, keep_scale)
     # through the ReLU, its mask taken in the maps' dtype as in forward
     grad_norm_out = torch.addcmul(shift, summed, scale, out=torch.empty_like(summed)).gt_(0).mul_(grad_result)
     if keep_scale is not None:
         grad_norm_out.mul_(keep_scale)
+    affine = bn_weight is not None
     grad_summed, grad_bn_weight, grad_bn_bias = torch.ops.aten.native_batch_norm_backward(
-        grad_norm_out, summed, bn_weight, None, None, mean, invstd, True, eps, [True, affine_grads, affine_grads])
+        grad_norm_out, summed, bn_weight, None, None, mean, invstd, True, eps, [True, affine, affine])
     del grad_norm_out
     grad_attn, grad_values = [], []
     for s, value in enumerate(values):
@@ -138,18 +138,19 @@ class _BaseBranch(torch.autograd.Function):
         # this block made the last value it uses; no block before it attends to it
         del ctx.recomputed[num_values - 1]
         grad_attn, grad_values, grad_bn_weight, grad_bn_bias = _branch_backward(
-            grad_result, attn, values, bn_weight, bn_bias, mean, invstd, keep_scale, ctx.eps, ctx.head_dim,
-            bn_weight is not None)
+            grad_result, attn, values, bn_weight, bn_bias, mean, invstd, keep_scale, ctx.eps, ctx.head_dim)
         return (None, None, grad_attn, grad_result, grad_bn_weight, grad_bn_bias, None, None, None, None, None, None,
                 *grad_values, *[None] * (2 * num_values))
 
 
-# Under torch.compile the branch runs as custom operators, which Dynamo and Inductor treat as opaque: the forward
-# operator returns the batch statistics (an operator with a backward formula must not mutate its inputs), the
-# running statistics are updated outside it, and its backward recomputes the values with an operator of its own,
-# which the joint graph's common-subexpression elimination merges across the stage's blocks, so each value is
-# recomputed once per backward pass, as ``ValueCache.recomputed`` does in eager mode. The forward's own value
-# convolution is a plain one, which that elimination cannot merge with the recompute (it would then be kept).
+# Under torch.compile the forward runs as a custom operator, which Dynamo and Inductor treat as opaque, so nothing
+# in it is kept for backward; it returns the batch statistics (an operator with a backward formula must not mutate
+# its inputs) and the running statistics are updated outside it. Its backward formula is traced, so Inductor fuses
+# it; it recomputes the values with an operator of its own, which the joint graph's common-subexpression
+# elimination merges across the stage's blocks, so each value is recomputed once per backward pass, as
+# ``ValueCache.recomputed`` does in eager mode. The forward's own value convolution is a plain one, which that
+# elimination cannot merge with the recompute (the value would then be kept), and the recomputed weighted sum
+# differs from the forward's in its inputs for the same reason.
 
 @torch.library.custom_op('timm_mrla::base_branch', mutates_args=())
 def _base_branch_op(attn: torch.Tensor, out: torch.Tensor, values: List[torch.Tensor], maps: List[torch.Tensor],
@@ -168,29 +169,9 @@ def _base_branch_op(attn: torch.Tensor, out: torch.Tensor, values: List[torch.Te
 @_base_branch_op.register_fake
 def _(attn, out, values, maps, kernels, bn_weight, bn_bias, keep_scale, stats_dtype, eps, head_dim):
     stats = out.new_empty(out.shape[1], dtype=stats_dtype)
-    return _like_summed(attn, values), stats, torch.empty_like(stats)
-
-
-def _like_summed(attn: torch.Tensor, values: List[torch.Tensor]) -> torch.Tensor:
-    """A map of the weighted sum's dtype and layout (that of ``values[0] * attention weight``)."""
-    return torch.empty_like(values[0], dtype=torch.promote_types(values[0].dtype, attn.dtype))
-
-
-@torch.library.custom_op('timm_mrla::base_branch_backward', mutates_args=())
-def _base_branch_backward_op(grad_result: torch.Tensor, attn: torch.Tensor, values: List[torch.Tensor],
-                             bn_weight: Optional[torch.Tensor], bn_bias: Optional[torch.Tensor], mean: torch.Tensor,
-                             invstd: torch.Tensor, keep_scale: Optional[torch.Tensor], eps: float, head_dim: int
-                             ) -> Tuple[torch.Tensor, List[torch.Tensor], torch.Tensor, torch.Tensor]:
-    """``_branch_backward`` as an operator; the affine's gradients always (an operator returns no None)."""
-    return _branch_backward(grad_result, attn, values, bn_weight, bn_bias, mean, invstd, keep_scale, eps, head_dim,
-                            True)
-
-
-@_base_branch_backward_op.register_fake
-def _(grad_result, attn, values, bn_weight, bn_bias, mean, invstd, keep_scale, eps, head_dim):
-    grad_values = [_like_summed(attn, values) for _ in values]
-    affine_like = mean if bn_weight is None else bn_weight
-    return torch.empty_like(attn), grad_values, torch.empty_like(affine_like), torch.empty_like(affine_like)
+    # the weighted sum's dtype and layout (that of ``values[0] * attention weight``), which the result overwrites
+    result = torch.empty_like(values[0], dtype=torch.promote_types(values[0].dtype, attn.dtype))
+    return result, stats, torch.empty_like(stats)
 
 
 @torch.library.custom_op('timm_mrla::base_value', mutates_args=())
@@ -229,11 +210,9 @@ def _backward(ctx, grad_result, *_):  # the statistics feed only the running ave
     attn, bn_weight, bn_bias, mean, var, keep_scale, *sources = ctx.saved_tensors
     num_values = attn.shape[1]
     values = [_value_op(m, k) for m, k in zip(sources[:num_values], sources[num_values:])]
-    grad_attn, grad_values, grad_bn_weight, grad_bn_bias = _base_branch_backward_op(
+    grad_attn, grad_values, grad_bn_weight, grad_bn_bias = _branch_backward(
         grad_result, attn, values, bn_weight, bn_bias, mean, torch.rsqrt(var + ctx.eps), keep_scale, ctx.eps,
         ctx.head_dim)
-    if bn_weight is None:
-        grad_bn_weight = grad_bn_bias = None
     no_grads = [None] * num_values
     return (grad_attn, grad_result, grad_values, no_grads, no_grads, grad_bn_weight, grad_bn_bias, None, None, None,
             None)
