@@ -1,7 +1,9 @@
 """The training path of the MRLA-base branch (``timm_mrla.layers.base_train``) equals the plain modules and the
 literal reference form: outputs, every gradient, BatchNorm running statistics, drop-path, a second backward pass,
-and under gradient checkpointing, torch.compile, FX, TorchScript and bf16 autocast; and a stage keeps no feature
-map of its own beyond each block's output."""
+and under gradient checkpointing, FX, TorchScript and bf16 autocast; a stage keeps no feature map of its own beyond
+each block's output; and under torch.compile the branch runs as its custom operators, in one graph, equal to eager
+mode (Inductor included), recomputing each value once in backward and keeping none from the forward."""
+import collections
 import contextlib
 import copy
 
@@ -9,9 +11,12 @@ import pytest
 import timm
 import torch
 import torch.nn as nn
+from torch._functorch import config as functorch_config
+from torch._inductor import config as inductor_config
+from torch._inductor.compile_fx import compile_fx, compile_fx_inner
 
 import timm_mrla  # noqa: F401
-from timm_mrla.layers import reference_mode
+from timm_mrla.layers import base_train, reference_mode
 from timm_mrla.models.resnet import MRLABaseStage
 from test_fast_paths import _saved_bytes
 from test_training_path import rel_error
@@ -217,14 +222,143 @@ def test_torchscript_training_model_equals_eager():
     _assert_same_buffers(scripted, model)
 
 
+def _branch_ops(graph: torch.fx.Graph) -> int:
+    return sum(node.target is torch.ops.timm_mrla.base_branch.default for node in graph.nodes)
+
+
+def _recording_aot_eager(graphs):
+    """AOT autograd without Inductor, appending each graph Dynamo captures to ``graphs``."""
+    def backend(gm, example_inputs):
+        graphs.append(gm.graph)
+        return torch._dynamo.backends.debugging.aot_eager(gm, example_inputs)
+    return backend
+
+
+def _assert_stage_steps_close(stage, compiled, eager_stage, steps, dtype, tol):
+    """Seeded training steps (drop-path masks included) of ``compiled`` (``stage`` compiled) and of ``eager_stage``
+    on the same inputs: outputs and the gradients of the input and every parameter within ``tol``."""
+    generator = torch.Generator().manual_seed(3)
+    for step in range(steps):
+        x = torch.randn(4, 256, 12, 12, generator=generator, dtype=torch.float64).to(dtype)
+        weights = torch.randn(4, 512, 6, 6, generator=generator, dtype=torch.float64).to(dtype)
+        results = []
+        for module, fn in ((stage, compiled), (eager_stage, eager_stage)):
+            inputs = x.clone().requires_grad_()
+            torch.manual_seed(step)
+            out = fn(inputs)
+            results.append([out, *torch.autograd.grad((out * weights).sum(), [inputs, *module.parameters()])])
+        _assert_close([results[0]], [results[1]], tol)
+
+
 def test_torch_compile_of_a_training_model():
-    model, compiled_source = _model(drop=0.), _model(drop=0.)
-    compiled = torch.compile(compiled_source, backend='aot_eager')
-    got, _ = _steps(compiled_source, fn=compiled)
-    want, used = _steps(model)
+    """The whole model compiles into one graph that runs every block's branch as its operator, and matches the
+    eager training path in fp32 over two SGD steps with drop-path (the masks drawn as eager mode draws them):
+    outputs, gradients, running statistics. (AOT autograd without Inductor, whose own fusions of the rest of the
+    model would round differently; Inductor runs in the stage test below.)"""
+    model, compiled_source = _model(torch.float32), _model(torch.float32)
+    graphs = []
+    backend = _recording_aot_eager(graphs)
+    got, _ = _steps(compiled_source, dtype=torch.float32, fn=torch.compile(compiled_source, backend=backend,
+                                                                            fullgraph=True))
+    want, used = _steps(model, dtype=torch.float32)
     assert all(used)
-    _assert_close(got, want, FP64_TOL)
-    _assert_same_buffers(compiled_source, model)
+    _assert_close(got, want, FP32_TOL)
+    _assert_same_buffers(compiled_source, model, FP32_TOL)
+    blocks = sum(len(stage) for stage in model.modules() if isinstance(stage, MRLABaseStage))
+    assert [_branch_ops(graph) for graph in graphs] == [blocks]
+
+
+def test_inductor_compiled_stage_equals_eager():
+    """Inductor, float64, one graph, drop-path on, two steps: a stage's output, input and parameter gradients and
+    running statistics equal the eager training path's. In the graphs Inductor gets, each block has its forward
+    operator, and the backward recomputes each value once (one recompute shared by the blocks that attend to it, as
+    in eager mode) and keeps no value from the forward."""
+    stage = _model().layer2
+    eager_stage = copy.deepcopy(stage)
+    graphs = {}
+
+    def inner_compile(gm, example_inputs, **kwargs):
+        graphs['backward' if kwargs.get('is_backward') else 'forward'] = gm.graph
+        return compile_fx_inner(gm, example_inputs, **kwargs)
+
+    def backend(gm, example_inputs):
+        return compile_fx(gm, example_inputs, inner_compile=inner_compile)
+
+    compiled = torch.compile(stage, backend=backend, fullgraph=True)
+    with inductor_config.patch(fx_graph_cache=False), functorch_config.patch(enable_autograd_cache=False):
+        _assert_stage_steps_close(stage, compiled, eager_stage, 2, torch.float64, FP64_TOL)
+    _assert_same_buffers(stage, eager_stage)
+    ops = torch.ops.timm_mrla
+    calls = {name: collections.Counter(node.target for node in graph.nodes) for name, graph in graphs.items()}
+    assert calls['forward'][ops.base_branch.default] == calls['backward'][ops.base_value.default] == 3
+    value_convolutions = [node for node in graphs['forward'].nodes if node.target is torch.ops.aten.convolution.default
+                          and node.args[-1] == stage[0].mrla.dim]  # groups: the depthwise value convolutions
+    forward_outputs = next(iter(graphs['forward'].find_nodes(op='output'))).args[0]
+    assert len(value_convolutions) == 3 and not set(value_convolutions) & set(forward_outputs)
+
+
+def test_compiled_stage_equals_eager():
+    """A compiled stage (AOT autograd, one graph) whose blocks have the other BatchNorm configurations (cumulative
+    average, no affine, no running statistics), drop-path on, over three steps: output, the gradients of the input
+    and every parameter, running statistics, updated outside the operator in the compiled form, against the eager
+    training path."""
+    stage = _model(torch.float32).layer2
+    for block, (momentum, affine, track) in zip(stage, [(None, True, True), (0.1, False, True), (0.1, True, False)]):
+        block.bn_mrla = nn.BatchNorm2d(block.bn_mrla.num_features, momentum=momentum, affine=affine,
+                                       track_running_stats=track)
+    eager_stage = copy.deepcopy(stage)
+    graphs = []
+    backend = _recording_aot_eager(graphs)
+    compiled = torch.compile(stage, backend=backend, fullgraph=True)
+    _assert_stage_steps_close(stage, compiled, eager_stage, 3, torch.float32, FP32_TOL)
+    _assert_same_buffers(stage, eager_stage, FP32_TOL)
+    assert [_branch_ops(graph) for graph in graphs] == [len(stage)]
+
+
+def test_compiled_observed_stage_takes_the_plain_modules():
+    """Under torch.compile the stepping-aside rules hold: a hooked layer or ``reference_mode`` sends its stage the
+    plain way into the graph; without them the stage runs its operators."""
+    stage = _model(torch.float32, drop=0.).layer2
+    x = torch.randn(2, 256, 12, 12)
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm.graph)
+        return gm.forward
+
+    handle = stage[1].mrla.register_forward_pre_hook(lambda m, args: None)
+    torch.compile(stage, backend=backend, fullgraph=True)(x)
+    handle.remove()
+    with reference_mode(stage):
+        torch.compile(stage, backend=backend, fullgraph=True)(x)
+    torch.compile(stage, backend=backend, fullgraph=True)(x)
+    assert [_branch_ops(graph) for graph in graphs] == [0, 0, len(stage)]
+
+
+@pytest.mark.parametrize('dtype, affine, track, memory_format', [
+    (torch.float32, True, True, torch.contiguous_format), (torch.bfloat16, True, True, torch.contiguous_format),
+    (torch.float32, False, True, torch.channels_last), (torch.bfloat16, False, False, torch.contiguous_format)])
+def test_compiled_branch_operators_match_their_fake_kernels(dtype, affine, track, memory_format):
+    """torch.library.opcheck: the operators' schemas, fake kernels (shapes, dtypes, layouts: bf16 maps with float32
+    BatchNorm parameters, channels_last) and the forward operator's backward formula under AOT autograd."""
+    generator = torch.Generator().manual_seed(0)
+    batch, channels, size, num_values, head_dim = 2, 8, 5, 3, 4
+    maps = [torch.randn(batch, channels, size, size, generator=generator).to(dtype, memory_format=memory_format)
+            for _ in range(num_values)]
+    kernels = [torch.randn(channels, 1, 3, 3, generator=generator) for _ in range(num_values)]
+    values = [base_train._value(m, k).requires_grad_() for m, k in zip(maps, kernels)]
+    attn = torch.randn(batch, num_values, channels // head_dim, generator=generator).softmax(1).to(dtype)
+    weight, bias = (torch.rand(channels, generator=generator) + 0.5, torch.randn(channels, generator=generator)) \
+        if affine else (None, None)
+    keep_scale = torch.tensor([2., 0.]).view(2, 1, 1, 1).to(dtype)
+    stats_dtype = torch.float32 if track else dtype
+    forward_args = (attn.requires_grad_(), maps[-1], values, maps, kernels, weight, bias, keep_scale, stats_dtype,
+                    1e-5, head_dim)
+    torch.library.opcheck(base_train._base_branch_op, forward_args)
+    torch.library.opcheck(base_train._value_op, (maps[0], kernels[0]))
+    # random: its outputs under AOT autograd cannot equal a second eager draw
+    torch.library.opcheck(base_train._keep_scale_op, (maps[0], 0.3, True),
+                          test_utils=('test_schema', 'test_faketensor'))
 
 
 def test_bf16_autocast_within_bf16_tolerance():
