@@ -26,9 +26,9 @@ from timm.layers import DropPath
 
 from .mrla import expand_heads, weighted_values
 from .recompute import (average_factor, batchnorm_scale_shift, drop_path_keep_scale, is_plain_batchnorm,
-                        needs_plain_modules, observed)
+                        needs_plain_modules, observed, update_running_stats)
 
-__all__ = ['ValueCache', 'base_branch_applies', 'base_branch_train', 'update_running_stats']
+__all__ = ['ValueCache', 'base_branch_applies', 'base_branch_train']
 
 
 class ValueCache(list):
@@ -221,19 +221,6 @@ def _backward(ctx, grad_result, *_):  # the statistics feed only the running ave
 _base_branch_op.register_autograd(_backward, setup_context=_setup_context)
 
 
-def update_running_stats(norm: nn.Module, mean: torch.Tensor, var: torch.Tensor, count: int) -> None:
-    """``nn.BatchNorm2d``'s training-mode update of ``norm``'s running statistics from a batch's ``mean`` and
-    biased ``var`` over ``count`` values per channel, for a unit that computed them without it. The cumulative
-    average (momentum None) takes its factor as a tensor, so that a compiled graph does not break on it."""
-    if not norm.track_running_stats:
-        return
-    norm.num_batches_tracked.add_(1)
-    factor = 1.0 / norm.num_batches_tracked if norm.momentum is None else norm.momentum
-    with torch.no_grad():  # nn.BatchNorm2d's kernel updates them outside autograd
-        norm.running_mean.mul_(1 - factor).add_(mean * factor)
-        norm.running_var.mul_(1 - factor).add_(var * (factor * count / (count - 1)))
-
-
 def _base_branch_compiled(out: torch.Tensor, attn: torch.Tensor, value: torch.Tensor, cache: ValueCache,
                           block: nn.Module) -> torch.Tensor:
     """``base_branch_train`` through the operators (``cache`` holds this block's map and kernel already)."""
@@ -245,7 +232,10 @@ def _base_branch_compiled(out: torch.Tensor, attn: torch.Tensor, value: torch.Te
                                                                                                  attn.dtype)
     result, mean, var = _base_branch_op(attn, out, [*cache, value], cache.maps, cache.kernels, norm.weight,
                                         norm.bias, keep_scale, stats_dtype, norm.eps, mrla.head_dim)
-    update_running_stats(norm, mean, var, out.numel() // out.shape[1])
+    if norm.track_running_stats:
+        update_running_stats(norm.running_mean, norm.running_var,
+                             average_factor(norm.num_batches_tracked, norm.momentum), mean, var,
+                             out.numel() // out.shape[1])
     return result
 
 

@@ -1,7 +1,7 @@
 """Pieces shared by the training units that recompute their feature maps in backward (``light_train``,
 ``base_train``): when a unit may stand in for the plain modules, and training-mode BatchNorm and drop-path
 computed by hand exactly as ``nn.BatchNorm2d`` and timm's ``DropPath`` compute them."""
-from typing import Optional, Tuple
+from typing import Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -37,11 +37,15 @@ def is_plain_batchnorm(norm: nn.Module) -> bool:
     return type(norm) is nn.BatchNorm2d
 
 
-def average_factor(num_batches_tracked: Optional[torch.Tensor], momentum: Optional[float]) -> float:
-    """``nn.BatchNorm2d.forward``'s running-average factor, counting this batch in ``num_batches_tracked``."""
+def average_factor(num_batches_tracked: Optional[torch.Tensor], momentum: Optional[float]
+                   ) -> Union[float, torch.Tensor]:
+    """``nn.BatchNorm2d.forward``'s running-average factor, counting this batch in ``num_batches_tracked``. Under
+    torch.compile the cumulative average's factor stays a tensor, so that the graph does not break on it."""
     if num_batches_tracked is not None:
         num_batches_tracked.add_(1)
         if momentum is None:  # cumulative moving average
+            if torch.compiler.is_compiling():
+                return 1.0 / num_batches_tracked
             return 1.0 / float(num_batches_tracked)
     return 0.0 if momentum is None else momentum
 
@@ -64,8 +68,8 @@ def batchnorm_stats_dtype(x: torch.Tensor, *params: Optional[torch.Tensor]) -> t
     return next((p.dtype for p in params if p is not None), x.dtype)
 
 
-def update_running_stats(running_mean: torch.Tensor, running_var: torch.Tensor, factor: float, mean: torch.Tensor,
-                         var: torch.Tensor, count: int) -> None:
+def update_running_stats(running_mean: torch.Tensor, running_var: torch.Tensor, factor: Union[float, torch.Tensor],
+                         mean: torch.Tensor, var: torch.Tensor, count: int) -> None:
     """``nn.BatchNorm2d``'s running-statistics update from the batch ``mean`` and biased ``var`` of ``count``
     values per channel, with ``average_factor``'s ``factor``: the running variance is the unbiased one. For units
     that return their batch statistics instead of updating the buffers themselves (a region that torch.compile
@@ -73,8 +77,8 @@ def update_running_stats(running_mean: torch.Tensor, running_var: torch.Tensor, 
     if count < 2:
         raise ValueError(f'BatchNorm in training needs more than 1 value per channel, got {count}')
     with torch.no_grad():
-        running_mean.mul_(1. - factor).add_(mean, alpha=factor)
-        running_var.mul_(1. - factor).add_(var, alpha=factor * count / (count - 1))
+        running_mean.mul_(1. - factor).add_(mean * factor)
+        running_var.mul_(1. - factor).add_(var * (factor * count / (count - 1)))
 
 
 def batchnorm_scale_shift(mean: torch.Tensor, invstd: torch.Tensor, weight: Optional[torch.Tensor],
