@@ -123,9 +123,8 @@ class MRLALight(_MRLAProjections):
 
     def gate(self, x: torch.Tensor) -> torch.Tensor:
         """Per-channel gates [B, C, 1, 1]: ``sigmoid(<q_h, k_h> / sqrt(d))`` repeated over each head's channels."""
-        if not torch.jit.is_scripting():  # TorchScript cannot compile the check, and never captures
-            if _capturing_graph():
-                return self._captured_gate(x)
+        if _capturing_graph():
+            return self._captured_gate(x)
         q, k = self.query_key(x)
         return expand_heads(torch.sigmoid((q * k).sum(-1) * self.scale), self.head_dim)
 
@@ -162,8 +161,11 @@ class MRLALight(_MRLAProjections):
 
 
 def _capturing_graph() -> bool:
-    """A trace or an export is recording a graph that must run at any batch size."""
-    return torch.jit.is_tracing() or torch.compiler.is_exporting()
+    """A trace or an export is recording a graph that must run at any batch size. Never under TorchScript, which
+    cannot compile the export check (an FX-traced model, scripted, compiles ``_folded_light`` too)."""
+    if not torch.jit.is_scripting():
+        return torch.jit.is_tracing() or torch.compiler.is_exporting()
+    return False
 
 
 def _folded_light(x: torch.Tensor, prev: torch.Tensor, gate: torch.Tensor, weight: torch.Tensor,
