@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 from timm.layers import BatchNormAct2d, DropPath
 from timm.models._efficientnet_builder import decode_arch_def
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import timm_mrla  # noqa: F401
 from timm_mrla.layers import MRLALight, add_mrla_light, mrla_light_reference, reference_mode
@@ -168,6 +169,42 @@ def test_bf16_autocast_within_bf16_tolerance():
         assert rel_error(g.float(), g_ref) <= 5e-2
     assert rel_error(branch[1].running_mean, ref_branch[1].running_mean) <= 2e-2
 
+
+
+class _BatchNormBackwardDtypes(TorchDispatchMode):
+    """Records the dtypes of ``grad_output`` and ``input`` of each BatchNorm backward dispatched."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten.native_batch_norm_backward.default:
+            self.seen.append((args[0].dtype, args[1].dtype))
+        return func(*args, **(kwargs or {}))
+
+
+def test_float32_gate_under_autocast_recomputes_in_the_maps_dtype():
+    """Under CUDA fp16 autocast the gate reaches the branch in float32 (autocast runs its head sums in float32)
+    while the maps are fp16: backward recomputes the pre-norm sum in the maps' dtype, as forward's in-place product
+    kept it, and BatchNorm's backward gets one dtype (CUDA refuses two). Emulated on the CPU in bf16."""
+    branch, ref_branch = _branch(), _branch()
+    layer = branch[0]
+    gate = layer.gate
+    layer.gate = lambda x: gate(x).float()
+    x, prev, weights = _inputs(0)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        xb, pb = x.detach().bfloat16().requires_grad_(), prev.detach().bfloat16().requires_grad_()
+        assert light_branch_applies(xb, pb, *branch)
+        out = add_mrla_light(xb, pb, *branch)
+    dtypes = _BatchNormBackwardDtypes()
+    with dtypes:
+        grads = torch.autograd.grad((out.float() * weights).sum(), [xb, pb, *layer.parameters()])
+    assert dtypes.seen == [(torch.bfloat16, torch.bfloat16)]
+    ref = _reference(x, prev, *ref_branch)
+    ref_grads = torch.autograd.grad((ref * weights).sum(), [x, prev, *ref_branch[0].parameters()])
+    for g, g_ref in zip(grads, ref_grads):
+        assert rel_error(g.float(), g_ref) <= 5e-2
 
 def _block(seed=0):
     torch.manual_seed(seed)

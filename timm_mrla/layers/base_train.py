@@ -187,7 +187,7 @@ def _(source, kernel):
 
 
 @torch.library.custom_op('timm_mrla::drop_path_keep_scale', mutates_args=(),
-                         tags=torch.Tag.nondeterministic_seeded)
+                         tags=(torch.Tag.nondeterministic_seeded,))
 def _keep_scale_op(like: torch.Tensor, drop_prob: float, scale_by_keep: bool) -> torch.Tensor:
     """``drop_path_keep_scale`` as an operator: Inductor would draw a random op with its own generator, an opaque
     one draws from torch's, where eager mode does."""

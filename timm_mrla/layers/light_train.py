@@ -100,9 +100,10 @@ class _LightBranch(torch.autograd.Function):
         channels = x.shape[1]
         weight = weight_param.to(x.dtype)
         lambda_map = lambda_t.to(x.dtype)[:, None, None]
-        # recompute the value and the pre-norm sum, bit for bit as forward did
+        # recompute the value and the pre-norm sum, bit for bit as forward did: in x's dtype, as forward's in-place
+        # product kept it (under CUDA autocast the gate is float32: its head sums run in float32)
         value = F.conv2d(x, weight, None, 1, 1, 1, channels)
-        pre_norm = torch.mul(value, gate).addcmul_(prev, lambda_map)
+        pre_norm = torch.mul(value, gate, out=torch.empty_like(value)).addcmul_(prev, lambda_map)
         grad_norm_out = grad_out if keep_scale is None else grad_out * keep_scale
         affine = bn_weight is not None
         grad_pre, grad_bn_weight, grad_bn_bias = torch.ops.aten.native_batch_norm_backward(

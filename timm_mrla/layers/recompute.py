@@ -24,7 +24,11 @@ def needs_plain_modules(x: torch.Tensor) -> bool:
     device = x.device.type
     if device == 'meta':
         return True
-    if not torch.amp.is_autocast_available(device) or not torch.is_autocast_enabled(device):
+    # Dynamo (torch 2.11) cannot trace is_autocast_available: asked only for devices other than the CPU and CUDA,
+    # a compiled model's graph does not break here
+    if device not in ('cpu', 'cuda') and not torch.amp.is_autocast_available(device):
+        return False
+    if not torch.is_autocast_enabled(device):
         return False
     return torch.get_autocast_dtype(device) != x.dtype
 
