@@ -5,6 +5,7 @@
     python benchmarks/bench.py --authors-repo /path/to/MRLA      # also time the authors' models
     python benchmarks/bench.py --device cuda --batch-size 64 --modes eager amp channels_last compile
     python benchmarks/bench.py --pairs resnet50_mrla deit_tiny_mrla --modes eager bf16 compile --train-only
+    python benchmarks/bench.py --pairs resnet50_mrla --device cuda --batch-size 64 --profile
 
 For each pair, all models are built in one process (a fresh one per pair) and timed in alternating repeats (MRLA model,
 timm base model, the MRLA model with its layers in their literal reference form, and the authors' model
@@ -17,7 +18,8 @@ depth, e.g. an MRLA-base key/value cache); ``--memory-only`` adds the CPU peak a
 the parameters and optimizer state (``Runner.train_peak``). ``--train-only`` measures the training step alone, of
 the MRLA and base models (and the authors' with ``--authors-repo``): its peak (``Runner.train_peak``, on the CPU
 and on CUDA) and its speed. In compile mode every model is compiled once and warmed up before it is measured. The
-markdown table goes to stdout and ``--out``.
+markdown table goes to stdout and ``--out``. ``--profile`` takes no timings: it profiles the training step of the
+MRLA and base models (torch.profiler) and tables each operator's self time, MRLA against base.
 """
 import argparse
 import contextlib
@@ -186,6 +188,42 @@ def bench_pair(name: str, mode: str, args, device: torch.device) -> Optional[dic
     return row
 
 
+def profile_pair(name: str, mode: str, args, device: torch.device, top: int = 25) -> str:
+    """``--repeats`` training steps of the MRLA model and of its base under torch.profiler: each operator's self
+    time per step (on CUDA the time of the kernels it launched, else its CPU time), the operators MRLA adds most
+    first, as a markdown table."""
+    base_name, _ = PAIRS[name]
+    size_kwargs = {'img_size': args.img_size} if name.startswith('deit') else {}
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == 'cuda':
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    ms: Dict[str, Dict[str, float]] = {}
+    for key, model_name in (('mrla', name), ('base', base_name)):
+        runner = Runner(timm.create_model(model_name, **size_kwargs), mode, device, args.batch_size, args.img_size)
+        for _ in range(args.warmup):
+            runner.train()
+        with torch.profiler.profile(activities=activities) as prof:
+            for _ in range(args.repeats):
+                runner.train()
+        ms[key] = {}
+        for event in prof.key_averages():
+            if event.device_type != torch.autograd.DeviceType.CPU:
+                continue  # the kernels themselves: their time is counted in the operators that launched them
+            total = event.self_device_time_total if device.type == 'cuda' else event.self_cpu_time_total
+            ms[key][event.key] = total / 1e3 / args.repeats
+        del runner
+    ops = sorted(set(ms['mrla']) | set(ms['base']), key=lambda op: ms['base'].get(op, 0.) - ms['mrla'].get(op, 0.))
+    clock = 'kernel time' if device.type == 'cuda' else 'CPU self time'
+    lines = [f'{name} against {base_name}, {mode}: {clock} per training step, ms (the {top} operators MRLA adds most)',
+             '', f'| operator | {name} | {base_name} | added |', '|---|---|---|---|']
+    for op in ops[:top]:
+        mrla, base = ms['mrla'].get(op, 0.), ms['base'].get(op, 0.)
+        lines.append(f'| {op} | {mrla:.2f} | {base:.2f} | {mrla - base:+.2f} |')
+    mrla, base = sum(ms['mrla'].values()), sum(ms['base'].values())
+    lines.append(f'| total | {mrla:.2f} | {base:.2f} | {mrla - base:+.2f} |')
+    return '\n'.join(lines)
+
+
 def fmt_ratio(row: dict, measure: str, other: str) -> str:
     """The MRLA model's figure over another model's: ``measure`` 'infer' / 'train' (throughput, > 1 is faster),
     'mem' (saved tensors) / 'peak' (step peak; < 1 is less memory)."""
@@ -275,6 +313,9 @@ def main():
                            'step (neither is affected by machine load)')
     only.add_argument('--train-only', action='store_true',
                       help='only the training step of the MRLA and base models: its peak memory and its speed')
+    only.add_argument('--profile', action='store_true',
+                      help='no timings: a torch.profiler profile of the training step, per operator, MRLA against '
+                           'base (on CUDA the kernels\' time)')
     parser.add_argument('--out', type=Path, help='also write the markdown table here')
     parser.add_argument('--worker', nargs=2, metavar=('MODEL', 'MODE'), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -282,6 +323,15 @@ def main():
     device = torch.device(args.device)
     if args.worker:
         print(json.dumps(bench_pair(*args.worker, args, device) or {}))
+        return
+    if args.profile:
+        text = f"Command: `python benchmarks/bench.py {' '.join(sys.argv[1:])}`\n\nMachine: {machine(device)}; " \
+               f"batch {args.batch_size}, {args.img_size}x{args.img_size}, {args.repeats} steps profiled.\n\n" + \
+               '\n\n'.join(profile_pair(name, mode, args, device) for mode in args.modes for name in args.pairs
+                            if mode != 'amp' or device.type == 'cuda') + '\n'
+        print(text)
+        if args.out:
+            args.out.write_text(text)
         return
     rows = []
     for mode in args.modes:

@@ -10,9 +10,10 @@
 # 2. benchmarks/bench.py --train-only on cuda, batch 64, 224x224: the training step's peak
 #    (torch.cuda.max_memory_allocated beyond what was allocated before the step) and speed of resnet50_mrla,
 #    resnet50_mrla_base and deit_tiny_mrla against their timm base models, fp32 eager, AMP (fp16 autocast) and
-#    torch.compile (bench.log; the tables in summary.md);
+#    torch.compile (bench.log; the tables in summary.md), and a profile of resnet50_mrla's fp32 step against
+#    resnet50's (bench.py --profile: kernel time per operator);
 # 3. environment.txt: nvidia-smi and the versions of python, torch, CUDA, cuDNN and timm.
-# Each step has a time limit, so a slow or hung step costs its limit, not the whole run: at most about 9 minutes.
+# Each step has a time limit, so a slow or hung step costs its limit, not the whole run: at most about 9.5 minutes.
 set -u -o pipefail
 cd "$(dirname "$0")/.."
 
@@ -42,9 +43,10 @@ else
     COMPILE_PAIRS=(deit_tiny_mrla resnet50_mrla resnet50_mrla_base)
 fi
 # seconds per step on the GPU; a compiled pair costs two compilations (the MRLA model and its base)
-declare -A LIMIT=([tests]=140 [bench]=90 [deit_tiny_mrla]=70 [resnet50_mrla]=130 [resnet50_mrla_base]=110)
+declare -A LIMIT=([tests]=140 [bench]=70 [profile]=45 [deit_tiny_mrla]=60 [resnet50_mrla]=100
+                  [resnet50_mrla_base]=80)
 if [ $DRY_RUN = 1 ]; then  # two shared CPU cores are much slower
-    LIMIT=([tests]=900 [bench]=900)
+    LIMIT=([tests]=900 [bench]=900 [profile]=900)
 fi
 
 SUMMARY="$RESULTS/summary.md"
@@ -66,12 +68,25 @@ step() {  # step NAME SECONDS COMMAND...: run under a time limit (SIGINT first: 
     "$PYTHON" -c "import platform, torch, timm; print('python', platform.python_version()); print('torch', torch.__version__, 'cuda', torch.version.cuda, 'cudnn', torch.backends.cudnn.version(), 'cuda available', torch.cuda.is_available()); print('timm', timm.__version__); print('device', torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu')"
 } >"$RESULTS/environment.txt" 2>&1
 echo "## steps" >>"$SUMMARY"
+# a package that does not import fails every step: stop before spending the device's time on them
+if ! "$PYTHON" -c "import timm_mrla" 2>"$RESULTS/import_error.txt"; then
+    echo "- import timm_mrla failed, nothing run:" >>"$SUMMARY"
+    cat "$RESULTS/import_error.txt" >>"$SUMMARY"
+    cat "$SUMMARY"
+    exit 1
+fi
+rm -f "$RESULTS/import_error.txt"
 
 step tests "${LIMIT[tests]}" "$PYTHON" -m pytest tests/test_units_on_device.py -v -rs -p no:cacheprovider \
     --junitxml="$RESULTS/units_on_device.xml" "${TEST_FILTER[@]}" 2>&1 | tee "$RESULTS/units_on_device.log"
 
-step "bench eager amp" "${LIMIT[bench]}" "$PYTHON" benchmarks/bench.py --train-only --pairs "${PAIRS[@]}" \
-    --modes eager amp "${BENCH[@]}" --out "$TABLES/eager_amp.md" 2>&1 | tee -a "$RESULTS/bench.log"
+for mode in eager amp; do  # one step each: a mode that fails leaves the other's table
+    step "bench $mode" "${LIMIT[bench]}" "$PYTHON" benchmarks/bench.py --train-only --pairs "${PAIRS[@]}" \
+        --modes "$mode" "${BENCH[@]}" --out "$TABLES/$mode.md" 2>&1 | tee -a "$RESULTS/bench.log"
+done
+# where the GPU's time goes: kernel time per operator, resnet50_mrla against resnet50, fp32 eager
+step profile "${LIMIT[profile]}" "$PYTHON" benchmarks/bench.py --profile --pairs resnet50_mrla --modes eager \
+    "${BENCH[@]}" --out "$TABLES/profile.md" 2>&1 | tee -a "$RESULTS/bench.log"
 for pair in "${COMPILE_PAIRS[@]}"; do
     step "bench compile $pair" "${LIMIT[$pair]}" "$PYTHON" benchmarks/bench.py --train-only --pairs "$pair" \
         --modes compile "${BENCH[@]}" --out "$TABLES/compile_$pair.md" 2>&1 | tee -a "$RESULTS/bench.log"
@@ -83,7 +98,7 @@ done
     echo
     grep -E '^(PASSED|FAILED|SKIPPED|ERROR)|^tests/.*(PASSED|FAILED|SKIPPED|ERROR)|^=+ .* in [0-9.]+s' \
         "$RESULTS/units_on_device.log" || echo "(no test results)"
-    for table in "$TABLES"/eager_amp.md "$TABLES"/compile_*.md; do
+    for table in "$TABLES"/eager.md "$TABLES"/amp.md "$TABLES"/compile_*.md "$TABLES"/profile.md; do
         [ -f "$table" ] && { echo; cat "$table"; }
     done
     echo
