@@ -1,4 +1,5 @@
 """Hub-ready folders, and loading through the real huggingface_hub code: an offline cache and a loopback Hub."""
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -247,3 +248,26 @@ def test_server_errors_name_repo_file_and_remedy(converted, online, tmp_path):
     commit = subprocess.run(git + ['rev-parse', 'HEAD'], capture_output=True, text=True, check=True).stdout.strip()
     with pytest.raises(WeightsUnavailableError, match=r"the repository has no such file at that revision"):
         timm.create_model(f'hf-hub:acme/no-weights@{commit}', pretrained=True)
+
+
+# --- torch.hub ---------------------------------------------------------------------------------------------------
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_torch_hub_loads_every_model_as_timm_does(hub_cache):
+    names = timm.list_models('*mrla*')
+    # what torch.hub.list reads (it takes GitHub repositories only): hubconf's public callables
+    spec = importlib.util.spec_from_file_location('hubconf', REPO_ROOT / 'hubconf.py')
+    hubconf = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hubconf)
+    assert sorted(n for n in dir(hubconf) if callable(getattr(hubconf, n)) and not n.startswith('_')) == sorted(names)
+    for name in names:
+        model = torch.hub.load(str(REPO_ROOT), name, source='local', num_classes=7)
+        assert model.pretrained_cfg['architecture'] == name and model.num_classes == 7
+    # pretrained, a tag included: the same weights as timm.create_model, from the offline cache
+    embedded_cache(hub_cache)
+    architecture, tag = DEMO_WEIGHT.split('.')
+    model = torch.hub.load(str(REPO_ROOT), architecture, source='local', pretrained=True, tag=tag).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(golden_input(1)), _outputs(DEMO_WEIGHT), rtol=0, atol=0)
