@@ -168,6 +168,16 @@ def test_zoo_tag_from_offline_cache(demo_folder, hub_cache):
     assert model.num_classes == 3 and model.pretrained_cfg['hf_hub_id'] == weight.hf_hub_id()
 
 
+def test_zoo_cache_into_a_file_says_so_in_one_line(tmp_path, capsys):
+    mine = tmp_path / 'notes.txt'
+    mine.write_text('mine')
+    for target, why in ((mine, 'is a file, not a folder'), (mine / 'cache', 'Not a directory')):
+        assert main(['zoo', 'cache', str(target)]) == 2
+        err = capsys.readouterr().err
+        assert err.count('\n') == 1 and err.startswith('timm-mrla zoo: error:') and why in err, err
+    assert mine.read_text() == 'mine'
+
+
 def test_hub_org_can_point_at_a_mirror():
     code = ('import timm, timm_mrla; '
             f"print(timm.models.get_pretrained_cfg('{DEMO_WEIGHT}').hf_hub_id)")

@@ -77,3 +77,13 @@ def test_bad_sources(tmp_path):
         load_base_model(str(tmp_path / 'r34.safetensors'), 'resnet18')
     with pytest.raises(ConversionError, match="unknown MRLA model 'resnet18'"):
         write_warm_start(str(tmp_path / 'r34.safetensors'), 'resnet18', tmp_path / 'o')
+
+
+def test_offline_warm_start_from_a_timm_tag_says_what_to_do(hub_cache, tmp_path, capsys):
+    """Offline with nothing cached: one line naming the repository, the file and the remedy; nothing written."""
+    out = tmp_path / 'out'
+    assert main(['warmstart', '--from', 'resnet18.a1_in1k', '--model', 'resnet18_mrla', '--out', str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1 and err.startswith('timm-mrla warmstart: error:')
+    assert "'model.safetensors' of timm/resnet18.a1_in1k" in err and 'HF_HUB_OFFLINE' in err
+    assert not out.exists()

@@ -100,6 +100,8 @@ def _zoo_cache(args: argparse.Namespace) -> int:
     cache_dir = args.dir or args.out
     if cache_dir is None:
         raise FolderError('zoo cache needs the cache folder: timm-mrla zoo cache DIR')
+    if cache_dir.exists() and not cache_dir.is_dir():
+        raise FolderError(f'zoo cache: {cache_dir} is a file, not a folder; give a new folder or a Hub cache')
     done, missing = offline_cache(cache_dir)
     print(f'laid out in {cache_dir}: {", ".join(done) or "nothing"}' +
           (f'; not available offline here: {", ".join(missing)}' if missing else ''))
@@ -239,6 +241,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         return args.func(args)
     except (ConversionError, FolderError, WeightsUnavailableError, WeightsIntegrityError) as e:
         print(f'timm-mrla {args.command}: error: {e}', file=sys.stderr)
+        return 2
+    except OSError as e:  # a path the system refuses (read-only, a file for a folder, ...): its one line
+        print(f'timm-mrla {args.command}: error: {e.strerror or e}' + (f': {e.filename}' if e.filename else ''),
+              file=sys.stderr)
         return 2
 
 

@@ -17,6 +17,7 @@ import torch.nn as nn
 
 from .convert import ConversionError, checkpoint_sizes, load_checkpoint, select_state_dict
 from .hub.cards import CardInfo
+from .hub.download import create_pretrained
 from .hub.folder import check_writable, write_folder
 from .models import BASE_MODELS
 from .models._helpers import MRLA_INPUT_NORMS, is_mrla_key, with_mrla_switched_off
@@ -65,7 +66,7 @@ def load_base_model(source: str, base_arch: str) -> nn.Module:
     path = Path(source)
     if not path.is_file():
         if source.startswith('hf-hub:') or timm.is_model(source):
-            return timm.create_model(source, pretrained=True).eval()
+            return create_pretrained(source).eval()
         raise ConversionError(f'{source} is neither a file nor a timm model name (with its pretrained tag) nor an '
                               f'hf-hub: id')
     state_dict, _ = select_state_dict(load_checkpoint(path))

@@ -8,6 +8,8 @@ import hashlib
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
 
+import timm
+import torch.nn as nn
 from huggingface_hub import constants, hf_hub_download
 from huggingface_hub.errors import (
     EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled, RepositoryNotFoundError,
@@ -18,8 +20,8 @@ from timm.models._hub import hf_split
 from .cards import CARD_FILE, read_card
 from .zoo import HUB_ORG_ENV, WEIGHTS_FILE, find_weight
 
-__all__ = ['WeightsUnavailableError', 'WeightsIntegrityError', 'sha256_of', 'fetch_weights', 'check_local_folder',
-           'pretrained_weights_overlay']
+__all__ = ['WeightsUnavailableError', 'WeightsIntegrityError', 'sha256_of', 'create_pretrained', 'fetch_weights',
+           'check_local_folder', 'pretrained_weights_overlay']
 
 
 class WeightsUnavailableError(OSError):
@@ -61,14 +63,29 @@ def _unavailable(repo_id: str, filename: str, revision: Optional[str], error: Ex
     return WeightsUnavailableError(reason)
 
 
+# what huggingface_hub raises for a file it cannot get: no network, offline mode, no such repository, file or revision
+_HUB_ERRORS = (HfHubHTTPError, LocalEntryNotFoundError, EntryNotFoundError, OfflineModeIsEnabled, ConnectionError)
+
+
+def create_pretrained(name: str, **kwargs: Any) -> nn.Module:
+    """``timm.create_model(name, pretrained=True, **kwargs)`` for weights that timm downloads itself (a timm name
+    with its pretrained tag, an ``hf-hub:`` id): a file it cannot get raises ``WeightsUnavailableError`` naming the
+    repository, the file and what to do, not huggingface_hub's own error."""
+    try:
+        return timm.create_model(name, pretrained=True, **kwargs)
+    except _HUB_ERRORS as e:
+        hf_hub_id = name[len('hf-hub:'):] if name.startswith('hf-hub:') else resolve_pretrained_cfg(name).hf_hub_id
+        repo_id, revision = hf_split(hf_hub_id)
+        raise _unavailable(repo_id, WEIGHTS_FILE, revision, e) from e
+
+
 def fetch_weights(hf_hub_id: str, filename: str = WEIGHTS_FILE, cache_dir: Optional[Union[str, Path]] = None) -> Path:
     """Download (or find in the cache) ``filename`` of ``org/repo[@revision]`` and check it against the zoo."""
     repo_id, revision = hf_split(hf_hub_id)
     try:
         path = Path(hf_hub_download(repo_id, filename, revision=revision, cache_dir=cache_dir,
                                     library_name='timm-mrla'))
-    except (HfHubHTTPError, LocalEntryNotFoundError, EntryNotFoundError, OfflineModeIsEnabled,
-            ConnectionError) as e:
+    except _HUB_ERRORS as e:
         raise _unavailable(repo_id, filename, revision, e) from e
     weight = find_weight(repo_id, revision) if filename == WEIGHTS_FILE else None
     if weight is not None:
