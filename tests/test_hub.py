@@ -15,9 +15,9 @@ from timm_mrla.convert import convert_checkpoint
 from timm_mrla.hub.offline import DEMO_WEIGHT, WEIGHTS_DIR, build_embedded, embedded_cache
 from timm_mrla.hub import WeightsIntegrityError, WeightsUnavailableError, fetch_weights, zoo
 from timm_mrla.hub.cache import add_to_cache, git_commit_id
-from timm_mrla.hub.cards import read_card
+from timm_mrla.hub.cards import CardInfo, read_card
 from timm_mrla.hub.download import sha256_of
-from timm_mrla.hub.folder import FOLDER_FILES, FolderError, push_folder, verify_folder
+from timm_mrla.hub.folder import FOLDER_FILES, FolderError, push_folder, verify_folder, write_folder
 from synthetic_checkpoints import golden_input, synthetic_state_dict
 
 REPO = 'acme/efficientnet-mrla'
@@ -281,3 +281,24 @@ def test_torch_hub_loads_every_model_as_timm_does(hub_cache):
     model = torch.hub.load(str(REPO_ROOT), architecture, source='local', pretrained=True, tag=tag).eval()
     with torch.no_grad():
         torch.testing.assert_close(model(golden_input(1)), _outputs(DEMO_WEIGHT), rtol=0, atol=0)
+
+
+# --- transformers ------------------------------------------------------------------------------------------------
+
+def test_transformers_loads_written_folders_as_timm_does(converted, tmp_path):
+    """A folder written here (convert; and write_folder for a 1-channel, 10-class model) loads in transformers'
+    TimmWrapper, gives timm's logits, and runs in the image-classification pipeline."""
+    from PIL import Image
+    from transformers import AutoModelForImageClassification, pipeline
+    grey = timm.create_model('resnet18_mrla', in_chans=1, num_classes=10)
+    grey_folder = write_folder(grey, tmp_path / 'grey', CardInfo(
+        name='resnet18_mrla', summary='test', provenance='test', dataset='fashion-mnist', license='mit',
+        weights_sha256='', num_classes=10, input_size=(1, 224, 224)))
+    for folder, x in ((converted, golden_input(2)), (grey_folder, golden_input(2)[:, :1])):
+        wrapped = AutoModelForImageClassification.from_pretrained(str(folder)).eval()
+        model = timm.create_model(f'local-dir:{folder}', pretrained=True).eval()
+        with torch.no_grad():
+            torch.testing.assert_close(wrapped(pixel_values=x).logits, model(x), rtol=1e-6, atol=1e-6)
+    classify = pipeline('image-classification', model=str(converted))
+    photo = Image.fromarray((golden_input(1)[0].permute(1, 2, 0).clamp(-2, 2).add(2).mul(63)).byte().numpy())
+    assert len(classify(photo, top_k=3)) == 3

@@ -3,6 +3,7 @@
 ``write_folder`` makes one (``timm-mrla convert`` and ``warmstart`` use it), ``verify_folder`` checks one
 before it is published, ``push_folder`` publishes one with huggingface_hub.
 """
+import json
 import os
 import shutil
 import tempfile
@@ -39,6 +40,17 @@ def check_writable(out_dir: Path, force: bool) -> None:
                           f'files in it')
 
 
+def _save_config_and_weights(model: nn.Module, folder: Path) -> None:
+    """timm's ``save_for_hf``, with ``num_classes`` left out of the config's ``model_args``: transformers'
+    ``TimmWrapper`` passes its own ``num_classes`` beside them (a second one is a TypeError), and timm reads the class
+    count from the config's top level. ``in_chans`` and the rest stay."""
+    save_for_hf(model, folder, safe_serialization=True)
+    config_path = folder / CONFIG_FILE
+    config = json.loads(config_path.read_text())
+    config.get('model_args', {}).pop('num_classes', None)
+    config_path.write_text(json.dumps(config, indent=2))
+
+
 def write_folder(model: nn.Module, out_dir: Union[str, Path], card: CardInfo, force: bool = False) -> Path:
     """Write the model's weights, config and card (``card.weights_sha256`` is filled in here).
 
@@ -51,7 +63,7 @@ def write_folder(model: nn.Module, out_dir: Union[str, Path], card: CardInfo, fo
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f'.{out_dir.name}.', dir=out_dir.parent))
     try:
-        save_for_hf(model, staging, safe_serialization=True)
+        _save_config_and_weights(model, staging)
         card.weights_sha256 = sha256_of(staging / WEIGHTS_FILE)
         (staging / CARD_FILE).write_text(render_card(card))
         out_dir.mkdir(exist_ok=True)
