@@ -285,16 +285,19 @@ def test_torch_hub_loads_every_model_as_timm_does(hub_cache):
 
 # --- transformers ------------------------------------------------------------------------------------------------
 
-def test_transformers_loads_written_folders_as_timm_does(converted, tmp_path):
-    """A folder written here (convert; and write_folder for a 1-channel, 10-class model) loads in transformers'
-    TimmWrapper, gives timm's logits, and runs in the image-classification pipeline."""
+def test_transformers_loads_written_folders_as_timm_does(converted, demo_folder, tmp_path):
+    """A folder written here (convert; write_folder for a 1-channel, 10-class model) and the zoo's (the embedded
+    warm start, the 1-channel Fashion-MNIST weights) load in transformers' TimmWrapper, give timm's logits, and run
+    in the image-classification pipeline."""
     from PIL import Image
     from transformers import AutoModelForImageClassification, pipeline
     grey = timm.create_model('resnet18_mrla', in_chans=1, num_classes=10)
     grey_folder = write_folder(grey, tmp_path / 'grey', CardInfo(
         name='resnet18_mrla', summary='test', provenance='test', dataset='fashion-mnist', license='mit',
         weights_sha256='', num_classes=10, input_size=(1, 224, 224)))
-    for folder, x in ((converted, golden_input(2)), (grey_folder, golden_input(2)[:, :1])):
+    fmnist = WEIGHTS_DIR / 'resnet18_mrla.fmnist'
+    for folder, x in ((converted, golden_input(2)), (grey_folder, golden_input(2)[:, :1]),
+                      (demo_folder, golden_input(2)), (fmnist, golden_input(2)[:, :1, :28, :28])):
         wrapped = AutoModelForImageClassification.from_pretrained(str(folder)).eval()
         model = timm.create_model(f'local-dir:{folder}', pretrained=True).eval()
         with torch.no_grad():
