@@ -305,3 +305,14 @@ def test_transformers_loads_written_folders_as_timm_does(converted, demo_folder,
     classify = pipeline('image-classification', model=str(converted))
     photo = Image.fromarray((golden_input(1)[0].permute(1, 2, 0).clamp(-2, 2).add(2).mul(63)).byte().numpy())
     assert len(classify(photo, top_k=3)) == 3
+
+
+def test_transformers_loads_the_zoo_from_loopback_server(demo_folder, online):
+    """transformers fetches a zoo repository at its revision through huggingface_hub from the (loopback) Hub."""
+    from transformers import AutoModelForImageClassification
+    weight = {w.name: w for w in zoo()}[DEMO_WEIGHT]
+    online.add_repo(demo_folder, weight.repo_id())
+    wrapped = AutoModelForImageClassification.from_pretrained(weight.repo_id(), revision=weight.revision).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(wrapped(pixel_values=golden_input(1)).logits, _outputs(DEMO_WEIGHT), rtol=1e-6,
+                                   atol=1e-6)
