@@ -1,14 +1,16 @@
 """torchvision detectors on MRLA backbones: pretrained init from a local-dir folder, frozen BatchNorm, a few
-training steps on synthetic shapes with boxes, boxes at eval. Small on purpose (128px, 64-channel FPN)."""
+training steps on synthetic shapes with boxes and masks, boxes (and masks) at eval. Small on purpose (128px,
+64-channel FPN)."""
 import pytest
 import timm
 import torch
 from timm.models import save_for_hf
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 import timm_mrla  # noqa: F401
-from timm_mrla.detection import mrla_faster_rcnn, mrla_retinanet
+from timm_mrla.detection import mrla_faster_rcnn, mrla_mask_rcnn, mrla_retinanet
 
 SIZE = 128
 FPN_CHANNELS = 64
@@ -17,6 +19,7 @@ BACKBONES = {
     'light': ('resnet18_mrla', {}),
     'base': ('resnet50_mrla_base', dict(layers=(1, 2, 1, 1))),
 }
+FROZEN = ('conv1', 'bn1', 'layer1')  # the stem and layer1: frozen_stages=1
 
 
 @pytest.fixture(scope='module')
@@ -37,19 +40,21 @@ def pretrained_dirs(tmp_path_factory):
 
 
 def _shapes(seed: int, count: int = 2):
-    """Images with one bright rectangle (class 1) and one dark square (class 2) on noise, and their boxes."""
+    """Images with one bright rectangle (class 1) and one dark rectangle (class 2) on noise, their boxes and masks."""
     g = torch.Generator().manual_seed(seed)
     images, targets = [], []
     for _ in range(count):
         image = torch.rand(3, SIZE, SIZE, generator=g) * 0.3 + 0.35
-        boxes = []
-        for label, value in ((1, 1.0), (2, 0.0)):
+        boxes, masks = [], torch.zeros(2, SIZE, SIZE, dtype=torch.uint8)
+        for i, value in enumerate((1.0, 0.0)):
             w, h = torch.randint(24, 56, (2,), generator=g).tolist()
             x0, y0 = torch.randint(0, SIZE - 56, (2,), generator=g).tolist()
             image[:, y0:y0 + h, x0:x0 + w] = value
+            masks[i, y0:y0 + h, x0:x0 + w] = 1
             boxes.append([x0, y0, x0 + w, y0 + h])
         images.append(image)
-        targets.append({'boxes': torch.tensor(boxes, dtype=torch.float32), 'labels': torch.tensor([1, 2])})
+        targets.append({'boxes': torch.tensor(boxes, dtype=torch.float32), 'labels': torch.tensor([1, 2]),
+                        'masks': masks})
     return images, targets
 
 
@@ -57,12 +62,15 @@ def _detector(kind: str, backbone: str, folder) -> torch.nn.Module:
     common = dict(pretrained=True, fpn_channels=FPN_CHANNELS, min_size=SIZE, max_size=SIZE)
     if kind == 'retinanet':
         return mrla_retinanet(f'local-dir:{folder}', num_classes=3, score_thresh=0.01, **common)
-    # a small box head and few proposals keep the RoI head cheap at this size
-    return mrla_faster_rcnn(
-        f'local-dir:{folder}', num_classes=None, box_head=TwoMLPHead(FPN_CHANNELS * 7 * 7, 128),
-        box_predictor=FastRCNNPredictor(128, 3), rpn_pre_nms_top_n_train=100, rpn_post_nms_top_n_train=50,
-        rpn_pre_nms_top_n_test=100, rpn_post_nms_top_n_test=50, box_batch_size_per_image=32, box_score_thresh=0.01,
-        **common)
+    # small box and mask heads and few proposals keep the RoI heads cheap at this size
+    rcnn = dict(
+        num_classes=None, box_head=TwoMLPHead(FPN_CHANNELS * 7 * 7, 128), box_predictor=FastRCNNPredictor(128, 3),
+        rpn_pre_nms_top_n_train=100, rpn_post_nms_top_n_train=50, rpn_pre_nms_top_n_test=100,
+        rpn_post_nms_top_n_test=50, box_batch_size_per_image=32, box_score_thresh=0.01, **common)
+    if kind == 'mask_rcnn':
+        return mrla_mask_rcnn(f'local-dir:{folder}', mask_head=MaskRCNNHeads(FPN_CHANNELS, (64, 64), 1),
+                              mask_predictor=MaskRCNNPredictor(64, 64, 3), **rcnn)
+    return mrla_faster_rcnn(f'local-dir:{folder}', **rcnn)
 
 
 def _loss(model, images, targets) -> float:
@@ -104,6 +112,49 @@ def test_detector_trains_and_returns_boxes(kind, backbone, pretrained_dirs):
     for d in detections:
         assert d['boxes'].shape[1:] == (4,) and d['boxes'].shape[0] == d['scores'].shape[0] == d['labels'].shape[0]
     assert sum(len(d['boxes']) for d in detections) > 0
+
+
+@pytest.mark.parametrize('backbone', list(BACKBONES))
+def test_mask_rcnn_trains_and_returns_masks(backbone, pretrained_dirs):
+    torch.manual_seed(0)
+    model = _detector('mask_rcnn', backbone, pretrained_dirs[backbone])
+    body = model.backbone.body
+    initial = {key: value.clone() for key, value in body.state_dict().items()}
+    blocks = [m for m in body.modules() if hasattr(m, 'bn_mrla')]
+    assert blocks and all(isinstance(b.bn_mrla, FrozenBatchNorm2d) for b in blocks)
+
+    images, targets = _shapes(0)
+    model.train()
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.005, momentum=0.9)
+    totals = []
+    for _ in range(6):
+        torch.manual_seed(1)  # the same anchor and proposal sampling at each step
+        losses = model(images, targets)
+        assert set(losses) == {'loss_classifier', 'loss_box_reg', 'loss_mask', 'loss_objectness', 'loss_rpn_box_reg'}
+        assert all(torch.isfinite(v) for v in losses.values()), losses
+        loss = sum(losses.values())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        totals.append(loss.item())
+    assert totals[-1] < 0.8 * totals[0], totals
+
+    # the stem and layer1 get no gradient, the later stages do; no BatchNorm (bn_mrla included) changes
+    for name, param in body.named_parameters():
+        frozen = name.split('.')[0] in FROZEN
+        assert param.requires_grad is not frozen and (param.grad is None) is frozen, name
+    frozen_bn = {name for name, m in body.named_modules() if isinstance(m, FrozenBatchNorm2d)}
+    for key, value in body.state_dict().items():
+        if key.rsplit('.', 1)[0] in frozen_bn or key.split('.')[0] in FROZEN:
+            assert torch.equal(value, initial[key]), key
+
+    model.eval()
+    with torch.no_grad():  # not square: the masks come back at each input image's own size
+        detections = model([image[:, :, :SIZE - 32] for image in _shapes(1)[0]])
+    for d in detections:
+        assert d['masks'].shape == (len(d['boxes']), 1, SIZE, SIZE - 32)
+        assert ((0 <= d['masks']) & (d['masks'] <= 1)).all()
+    assert sum(len(d['masks']) for d in detections) > 0
 
 
 @pytest.mark.parametrize('backbone', list(BACKBONES))

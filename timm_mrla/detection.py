@@ -1,16 +1,17 @@
-"""torchvision detectors (Faster R-CNN, RetinaNet) with an FPN on a ``features_only`` MRLA backbone.
+"""torchvision detectors (Faster R-CNN, Mask R-CNN, RetinaNet) with an FPN on a ``features_only`` MRLA backbone.
 
-As in the authors' detection configs (mmdetection, ``faster_rcnn_r50mrlal_fpn.py`` / ``retinanet_r50mrlal_fpn.py``):
-every BatchNorm of the backbone, MRLA's own ``bn_mrla`` included, keeps its pretrained statistics (here timm's
-``freeze_batch_norm_2d``, so its affine parameters are frozen as well, as in torchvision's detectors); the stem
-and the first ``frozen_stages`` stages get no gradient; Faster R-CNN puts its FPN on stages 1-4 plus a max-pooled
-level, RetinaNet on stages 2-4 plus P6/P7 computed from the last stage's output. Needs torchvision (the
-``detection`` extra).
+As in the authors' detection configs (mmdetection, ``faster_rcnn_r50mrlal_fpn.py`` /
+``mask_rcnn_r50mrlal_fpn_1x_coco.py`` / ``retinanet_r50mrlal_fpn.py``): every BatchNorm of the backbone, MRLA's own
+``bn_mrla`` included, keeps its pretrained statistics (here timm's ``freeze_batch_norm_2d``, so its affine parameters
+are frozen as well, as in torchvision's detectors); the stem and the first ``frozen_stages`` stages get no gradient;
+Faster and Mask R-CNN put their FPN on stages 1-4 plus a max-pooled level, RetinaNet on stages 2-4 plus P6/P7
+computed from the last stage's output. Needs torchvision (the ``detection`` extra).
 
     model = mrla_faster_rcnn('resnet50_mrla.TAG', num_classes=91)   # any timm name, tag, hf-hub: or local-dir:
+    model = mrla_mask_rcnn('resnet50_mrla.TAG', num_classes=91)
 """
 from collections import OrderedDict
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence, Type, TypeVar
 
 import timm
 import torch
@@ -18,13 +19,15 @@ import torch.nn as nn
 from timm.layers import freeze_batch_norm_2d
 
 try:
-    from torchvision.models.detection import FasterRCNN, RetinaNet
+    from torchvision.models.detection import FasterRCNN, MaskRCNN, RetinaNet
     from torchvision.ops import FeaturePyramidNetwork
     from torchvision.ops.feature_pyramid_network import ExtraFPNBlock, LastLevelMaxPool, LastLevelP6P7
 except ImportError as e:
     raise ImportError("timm_mrla.detection needs torchvision: pip install 'timm-mrla[detection]'") from e
 
-__all__ = ['MRLABackboneWithFPN', 'mrla_backbone_with_fpn', 'mrla_faster_rcnn', 'mrla_retinanet']
+__all__ = ['MRLABackboneWithFPN', 'mrla_backbone_with_fpn', 'mrla_faster_rcnn', 'mrla_mask_rcnn', 'mrla_retinanet']
+
+RCNN = TypeVar('RCNN', bound=FasterRCNN)
 
 
 class MRLABackboneWithFPN(nn.Module):
@@ -88,9 +91,18 @@ def mrla_faster_rcnn(model_name: str, num_classes: int, pretrained: bool = True,
     """torchvision ``FasterRCNN`` on the FPN of MRLA stages 1-4 (plus a max-pooled level), its anchors and RoI
     pooling torchvision's defaults for that pyramid. ``num_classes`` counts the background class; the image
     normalisation defaults to the backbone's data config; ``detector_kwargs`` go to ``FasterRCNN``."""
-    backbone = mrla_backbone_with_fpn(model_name, pretrained, (1, 2, 3, 4), frozen_stages, 'pool', fpn_channels,
-                                      **(backbone_kwargs or {}))
-    return FasterRCNN(backbone, num_classes, **_normalisation(backbone.body, detector_kwargs))
+    return _mrla_rcnn(FasterRCNN, model_name, num_classes, pretrained, frozen_stages, fpn_channels, backbone_kwargs,
+                      detector_kwargs)
+
+
+def mrla_mask_rcnn(model_name: str, num_classes: int, pretrained: bool = True, frozen_stages: int = 1,
+                   fpn_channels: int = 256, backbone_kwargs: Optional[Dict[str, Any]] = None,
+                   **detector_kwargs: Any) -> MaskRCNN:
+    """torchvision ``MaskRCNN`` on the backbone and FPN of ``mrla_faster_rcnn``, its mask head torchvision's
+    default (RoI-aligned 14x14 on FPN levels 0-3, four 3x3 convolutions, 28x28 masks). ``detector_kwargs`` go to
+    ``MaskRCNN``."""
+    return _mrla_rcnn(MaskRCNN, model_name, num_classes, pretrained, frozen_stages, fpn_channels, backbone_kwargs,
+                      detector_kwargs)
 
 
 def mrla_retinanet(model_name: str, num_classes: int, pretrained: bool = True, frozen_stages: int = 1,
@@ -102,6 +114,14 @@ def mrla_retinanet(model_name: str, num_classes: int, pretrained: bool = True, f
     backbone = mrla_backbone_with_fpn(model_name, pretrained, (2, 3, 4), frozen_stages, 'p6p7', fpn_channels,
                                       **(backbone_kwargs or {}))
     return RetinaNet(backbone, num_classes, **_normalisation(backbone.body, detector_kwargs))
+
+
+def _mrla_rcnn(detector: Type[RCNN], model_name: str, num_classes: int, pretrained: bool, frozen_stages: int,
+               fpn_channels: int, backbone_kwargs: Optional[Dict[str, Any]], detector_kwargs: Dict[str, Any]) -> RCNN:
+    """Faster or Mask R-CNN on the FPN of MRLA stages 1-4 plus a max-pooled level: one backbone set-up for both."""
+    backbone = mrla_backbone_with_fpn(model_name, pretrained, (1, 2, 3, 4), frozen_stages, 'pool', fpn_channels,
+                                      **(backbone_kwargs or {}))
+    return detector(backbone, num_classes, **_normalisation(backbone.body, detector_kwargs))
 
 
 def _normalisation(body: nn.Module, detector_kwargs: Dict[str, Any]) -> Dict[str, Any]:
