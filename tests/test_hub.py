@@ -171,7 +171,7 @@ def test_zoo_tag_from_offline_cache(demo_folder, hub_cache):
 def test_zoo_cache_into_a_file_says_so_in_one_line(tmp_path, capsys):
     mine = tmp_path / 'notes.txt'
     mine.write_text('mine')
-    for target, why in ((mine, 'is a file, not a folder'), (mine / 'cache', 'Not a directory')):
+    for target, why in ((mine, 'is a file, not a folder'), (mine / 'cache', f'{mine} is a file, not a folder')):
         assert main(['zoo', 'cache', str(target)]) == 2
         err = capsys.readouterr().err
         assert err.count('\n') == 1 and err.startswith('timm-mrla zoo: error:') and why in err, err

@@ -5,6 +5,7 @@ The images are prepared with the model's own data config (``timm.data.resolve_da
 ``timm_mrla.inspection.layer_attention`` and the figure is drawn with matplotlib (the ``plot`` extra).
 """
 import json
+import os
 import textwrap
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
@@ -12,6 +13,7 @@ from typing import List, Optional, Sequence, Tuple
 import timm
 import torch
 from PIL import Image, UnidentifiedImageError
+from safetensors import SafetensorError
 
 from .inspection import AttentionGroup, NotAnMRLAModelError, layer_attention
 from .photos import PHOTOS, sample_photo
@@ -39,6 +41,8 @@ def load_model(name: str, pretrained: bool = True) -> Tuple[torch.nn.Module, str
         raise
     except OSError as e:  # a missing local-dir: folder or config, a Hub repository or file not found or not cached
         raise AttentionCommandError(f'cannot load {name}: {e}') from e
+    except (ValueError, SafetensorError) as e:  # a local-dir: folder whose config.json or weights are damaged
+        raise AttentionCommandError(f'cannot load {name}: {type(e).__name__}: {e}') from e
     cfg = model.pretrained_cfg
     weights = 'random init' if not pretrained else (cfg.get('hf_hub_id') or cfg.get('file') or cfg.get('url')
                                                      or f'{cfg.get("architecture")}.{cfg.get("tag")}')
@@ -61,7 +65,8 @@ def load_images(specs: Sequence[str], in_chans: int) -> List[Tuple[str, Image.Im
         else:
             path = Path(spec)
             if not path.is_file():
-                raise AttentionCommandError(f'{spec}: no such image file')
+                raise AttentionCommandError(f'{spec}: ' + ('a folder, not an image file' if path.is_dir() else
+                                                           'no such image file'))
             try:
                 with Image.open(path) as opened:
                     image = opened.copy()
@@ -149,10 +154,18 @@ def run_attention(model_name: str, image_specs: Sequence[str], out: Path, json_o
     """Load the model and images, inspect, write the figure to ``out`` (and the numbers to ``json_out``); an
     existing file is replaced only with ``force``."""
     for path in (out, json_out):
-        if path is not None and not path.parent.is_dir():
-            raise AttentionCommandError(f'{path}: its folder {path.parent} does not exist')
-        if path is not None and path.exists() and not force:
+        if path is None:
+            continue
+        if not path.parent.is_dir():
+            raise AttentionCommandError(f'{path}: its folder {path.parent} ' +
+                                        ('is a file' if path.parent.exists() else 'does not exist'))
+        if path.is_dir():
+            example = path / ('attention.json' if path is json_out else 'attention.png')
+            raise AttentionCommandError(f'{path} is a folder; give the file to write, e.g. {example}')
+        if path.exists() and not force:
             raise AttentionCommandError(f'{path} exists; pass --force to replace it')
+        if not os.access(path.parent, os.W_OK):  # before the slow part; also false for root on a read-only mount
+            raise AttentionCommandError(f'{path}: its folder {path.parent} is not writable (read-only)')
     _pyplot()  # before any work: without matplotlib the command says how to install it
     model, weights = load_model(model_name, pretrained)
     config = timm.data.resolve_data_config(model=model)

@@ -94,6 +94,7 @@ def _zoo_folder(args: argparse.Namespace) -> int:
 
 
 def _zoo_cache(args: argparse.Namespace) -> int:
+    from .hub.folder import check_creatable
     from .hub.offline import offline_cache
     if args.dir and args.out and args.dir != args.out:
         raise FolderError(f'zoo cache: two cache folders given ({args.dir} and --out {args.out}); give one')
@@ -102,11 +103,32 @@ def _zoo_cache(args: argparse.Namespace) -> int:
         raise FolderError('zoo cache needs the cache folder: timm-mrla zoo cache DIR')
     if cache_dir.exists() and not cache_dir.is_dir():
         raise FolderError(f'zoo cache: {cache_dir} is a file, not a folder; give a new folder or a Hub cache')
+    check_creatable(cache_dir)
     done, missing = offline_cache(cache_dir)
+    _check_laid_out(cache_dir)
     print(f'laid out in {cache_dir}: {", ".join(done) or "nothing"}' +
           (f'; not available offline here: {", ".join(missing)}' if missing else ''))
     print(f'use it with: HF_HUB_OFFLINE=1 HF_HUB_CACHE={cache_dir}')
     return 0
+
+
+def _check_laid_out(cache_dir: Path) -> None:
+    """Refuse to report success over a damaged cache: what a run killed before this version of ``add_to_cache``
+    left (a half-written blob, a missing link) can survive a rerun, which keeps a laid-out snapshot it finds."""
+    from .hub.cache import repo_cache_dir, snapshot_problems
+    from .hub.folder import FOLDER_FILES
+    from .hub.offline import LITE0_BASE_REPO
+    from .hub.zoo import WEIGHTS_FILE, zoo
+    wanted = [(w.repo_id(), w.revision, FOLDER_FILES) for w in zoo()] + [(LITE0_BASE_REPO, 'main', (WEIGHTS_FILE,))]
+    problems, damaged = [], []
+    for repo_id, revision, names in wanted:
+        if repo_cache_dir(cache_dir, repo_id).is_dir():
+            found = snapshot_problems(cache_dir, repo_id, revision, names)
+            problems += found
+            damaged += [str(repo_cache_dir(cache_dir, repo_id))] if found else []
+    if problems:
+        raise FolderError(f'zoo cache: {"; ".join(problems)}. Delete {", ".join(damaged)} and run '
+                          f'`timm-mrla zoo cache {cache_dir}` again')
 
 
 def _zoo_publish(args: argparse.Namespace) -> int:
@@ -237,11 +259,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     from .convert import ConversionError
     from .hub.download import WeightsIntegrityError, WeightsUnavailableError
+    from .hub.zoo import ManifestError
     try:
         return args.func(args)
-    except (ConversionError, FolderError, WeightsUnavailableError, WeightsIntegrityError) as e:
+    except (ConversionError, FolderError, ManifestError, WeightsUnavailableError, WeightsIntegrityError) as e:
         print(f'timm-mrla {args.command}: error: {e}', file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: one line, and the exit status shells give SIGINT
+        print(f'timm-mrla {args.command}: interrupted', file=sys.stderr)
+        return 130
     except OSError as e:  # a path the system refuses (read-only, a file for a folder, ...): its one line
         print(f'timm-mrla {args.command}: error: {e.strerror or e}' + (f': {e.filename}' if e.filename else ''),
               file=sys.stderr)

@@ -14,7 +14,6 @@ import argparse
 import importlib
 import pickle
 import re
-import zipfile
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple, Union
 
@@ -64,7 +63,7 @@ def load_checkpoint(path: PathLike) -> Dict[str, Any]:
             f'weights_only=True) refuses: timm-mrla never executes pickled code. If you trust the file, load it '
             f'yourself and save only its state dict (torch.save(checkpoint["state_dict"], "weights.pth")), '
             f'then convert that.') from e
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as e:
+    except Exception as e:  # bytes that are not a pickle trip the unpickler anywhere (EOFError, KeyError, ...)
         raise ConversionError(f'{path} is not a readable PyTorch checkpoint ({type(e).__name__}: {e})') from e
     if not isinstance(checkpoint, dict):
         raise ConversionError(f'{path} holds a {type(checkpoint).__name__}, expected a dict of tensors or a '

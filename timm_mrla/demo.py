@@ -18,8 +18,9 @@ import torch
 from huggingface_hub import constants
 
 from .hub.download import WeightsUnavailableError, hub_reachable
+from .hub.folder import check_creatable
 from .hub.offline import DEMO_WEIGHT, embedded_cache
-from .hub.zoo import weights_for
+from .hub.zoo import weights_for, zoo
 from .photos import sample_photos
 
 __all__ = ['DEMO_WEIGHT', 'run_demo']
@@ -35,6 +36,11 @@ def default_cache_dir() -> Path:
 
 
 def run_demo(name: str = DEMO_WEIGHT, cache_dir: Optional[Path] = None, top: int = 5) -> int:
+    # the photographs are RGB and the labels ImageNet's: only the zoo's ImageNet weights fit
+    imagenet = [w.name for w in zoo() if w.pretrained_cfg.get('num_classes', 1000) == 1000]
+    if name not in imagenet:
+        raise WeightsUnavailableError(f'{name} is not one of the zoo weights the demo can use (ImageNet classifiers '
+                                      f'of RGB photographs): {", ".join(imagenet)}')
     weight = weights_for([name])[0]
     print(f'model: {name}')
     start = _step(f'loading pretrained weights from the Hub ({constants.ENDPOINT}, {weight.hf_hub_id()})')
@@ -45,6 +51,7 @@ def run_demo(name: str = DEMO_WEIGHT, cache_dir: Optional[Path] = None, top: int
         source = f'Hugging Face Hub: {weight.hf_hub_id()} (sha256 checked)'
     except WeightsUnavailableError as e:
         cache_dir = cache_dir or default_cache_dir()
+        check_creatable(cache_dir)
         print(f'    not from the Hub: {e}')
         start = _step(f'laying out the embedded default in a local Hub cache ({cache_dir}); the first time this '
                       f'rebuilds the weights, which takes a few seconds')

@@ -152,7 +152,13 @@ def check_local_folder(folder: Union[str, Path]) -> None:
     card, weights = folder / CARD_FILE, folder / WEIGHTS_FILE
     if not (card.is_file() and weights.is_file()):
         return
-    expected = read_card(card)[0].get('weights_sha256')
+    try:
+        expected = read_card(card)[0].get('weights_sha256')
+    except UnicodeDecodeError as e:
+        raise WeightsIntegrityError(
+            f'{card} is not a model card (not UTF-8 text: {e.reason} at byte {e.start}), so the sha256 of {weights} '
+            f'cannot be checked and it was not loaded. Restore the folder (or rewrite it with `timm-mrla convert` / '
+            f'`timm-mrla zoo folder`).') from e
     actual = sha256_of(weights)
     if expected and actual != expected:
         raise WeightsIntegrityError(

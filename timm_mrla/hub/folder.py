@@ -22,7 +22,8 @@ from .cards import CARD_FILE, CardInfo, card_problems, read_card, render_card
 from .download import sha256_of
 from .zoo import WEIGHTS_FILE, zoo
 
-__all__ = ['FolderError', 'FOLDER_FILES', 'write_folder', 'VerifyReport', 'verify_folder', 'push_folder']
+__all__ = ['FolderError', 'FOLDER_FILES', 'check_creatable', 'write_folder', 'VerifyReport', 'verify_folder',
+           'push_folder']
 
 CONFIG_FILE = 'config.json'
 FOLDER_FILES = (WEIGHTS_FILE, CONFIG_FILE, CARD_FILE)
@@ -32,12 +33,25 @@ class FolderError(ValueError):
     """A folder that cannot be written, verified or published, with what to do about it."""
 
 
+def check_creatable(folder: Path) -> None:
+    """Refuse a folder that cannot be made or written into, before any slow work: its nearest existing folder
+    (itself, or the one it would be made in) must be a folder and writable."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise FolderError(f'cannot write {folder}: {existing} is a file, not a folder')
+    if not os.access(existing, os.W_OK):  # also false for root on a read-only file system
+        raise FolderError(f'cannot write {folder}: {existing} is not writable (read-only)')
+
+
 def check_writable(out_dir: Path, force: bool) -> None:
     if out_dir.exists() and not out_dir.is_dir():
         raise FolderError(f'{out_dir} exists and is not a folder')
     if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
         raise FolderError(f'{out_dir} is not empty; choose another folder or pass --force to replace the model '
                           f'files in it')
+    check_creatable(out_dir)
 
 
 def _save_config_and_weights(model: nn.Module, folder: Path) -> None:
@@ -60,17 +74,20 @@ def write_folder(model: nn.Module, out_dir: Union[str, Path], card: CardInfo, fo
     """
     out_dir = Path(out_dir)
     check_writable(out_dir, force)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f'.{out_dir.name}.', dir=out_dir.parent))
     try:
-        _save_config_and_weights(model, staging)
-        card.weights_sha256 = sha256_of(staging / WEIGHTS_FILE)
-        (staging / CARD_FILE).write_text(render_card(card))
-        out_dir.mkdir(exist_ok=True)
-        for item in staging.iterdir():
-            item.replace(out_dir / item.name)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f'.{out_dir.name}.', dir=out_dir.parent))
+        try:
+            _save_config_and_weights(model, staging)
+            card.weights_sha256 = sha256_of(staging / WEIGHTS_FILE)
+            (staging / CARD_FILE).write_text(render_card(card))
+            out_dir.mkdir(exist_ok=True)
+            for item in staging.iterdir():
+                item.replace(out_dir / item.name)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    except OSError as e:  # named after out_dir: the staging folder's name means nothing to the user
+        raise FolderError(f'cannot write {out_dir}: {e.strerror or e}') from e
     return out_dir
 
 
@@ -97,7 +114,11 @@ def verify_folder(folder: Union[str, Path]) -> VerifyReport:
         report.problems.append(f'missing {", ".join(missing)} (write the folder with `timm-mrla convert`)')
         return report
 
-    metadata, body = read_card(folder / CARD_FILE)
+    try:
+        metadata, body = read_card(folder / CARD_FILE)
+    except UnicodeDecodeError as e:
+        report.problems.append(f'{CARD_FILE} is not a model card: not UTF-8 text ({e.reason} at byte {e.start})')
+        return report
     report.problems += [f'{CARD_FILE}: {p}' for p in card_problems(metadata, body)]
     actual = sha256_of(folder / WEIGHTS_FILE)
     if metadata.get('weights_sha256') and metadata['weights_sha256'] != actual:

@@ -20,9 +20,13 @@ HUB_ORG_ENV = 'TIMM_MRLA_HUB_ORG'
 WEIGHTS_FILE = 'model.safetensors'
 MANIFEST_PATH = Path(str(files(__package__) / 'manifest.json'))
 
-__all__ = ['HUB_ORG_ENV', 'WEIGHTS_FILE', 'MANIFEST_PATH', 'Metric', 'ZooWeight', 'WarmStart', 'hub_org',
-           'parse_manifest', 'zoo', 'find_weight', 'warm_starts', 'warm_start_named', 'pretrained_cfgs',
+__all__ = ['HUB_ORG_ENV', 'WEIGHTS_FILE', 'MANIFEST_PATH', 'ManifestError', 'Metric', 'ZooWeight', 'WarmStart',
+           'hub_org', 'parse_manifest', 'zoo', 'find_weight', 'warm_starts', 'warm_start_named', 'pretrained_cfgs',
            'architecture_cfg']
+
+
+class ManifestError(ValueError):
+    """A zoo manifest that cannot be read or is incomplete, naming the file and the entry."""
 
 
 @dataclass(frozen=True)
@@ -88,30 +92,37 @@ _REQUIRED = ('model', 'tag', 'repo', 'revision', 'sha256', 'dataset', 'license',
 def parse_manifest(data: Dict[str, Any], source: str = 'the manifest') -> List[ZooWeight]:
     """Validate the manifest's ``weights`` entries and return them."""
     if not data.get('hub_org'):
-        raise ValueError(f'{source}: no hub_org')
+        raise ManifestError(f'{source}: no hub_org')
     weights = []
     for i, entry in enumerate(data.get('weights', [])):
         if not entry.get('sha256') and not entry.get('revision'):
             continue  # a draft, being published (hub/README.md): no tag until its folder is written
         missing = [k for k in _REQUIRED if not entry.get(k)]
         if missing:
-            raise ValueError(f'{source}: weight #{i} ({entry.get("model")}.{entry.get("tag")}) lacks {", ".join(missing)}')
+            raise ManifestError(f'{source}: weight #{i} ({entry.get("model")}.{entry.get("tag")}) lacks '
+                                f'{", ".join(missing)}')
         if len(entry['revision']) != 40 or len(entry['sha256']) != 64:
-            raise ValueError(f'{source}: weight #{i} needs a full 40-hex revision and a 64-hex sha256')
+            raise ManifestError(f'{source}: weight #{i} needs a full 40-hex revision and a 64-hex sha256')
         if not isinstance(entry.get('default', True), bool):
-            raise ValueError(f'{source}: weight #{i} has "default": {entry["default"]!r}; use true or false')
+            raise ManifestError(f'{source}: weight #{i} has "default": {entry["default"]!r}; use true or false')
         metrics = tuple(Metric(**m) for m in entry.get('metrics', []))
         known = {k: entry[k] for k in ZooWeight.__dataclass_fields__ if k in entry and k != 'metrics'}
         weights.append(ZooWeight(**known, metrics=metrics))
     names = [w.name for w in weights]
     duplicated = {n for n in names if names.count(n) > 1}
     if duplicated:
-        raise ValueError(f'{source}: weights listed twice: {", ".join(sorted(duplicated))}')
+        raise ManifestError(f'{source}: weights listed twice: {", ".join(sorted(duplicated))}')
     return weights
 
 
 def read_manifest(path: Path) -> Dict[str, Any]:
-    return json.loads(Path(path).read_text())
+    try:
+        data = json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ManifestError(f'{path} is not a JSON manifest: {e}') from e
+    if not isinstance(data, dict):
+        raise ManifestError(f'{path} holds a JSON {type(data).__name__}, not a manifest object')
+    return data
 
 
 def zoo() -> List[ZooWeight]:
