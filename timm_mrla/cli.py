@@ -117,9 +117,11 @@ def _check_laid_out(cache_dir: Path) -> None:
     left (a half-written blob, a missing link) can survive a rerun, which keeps a laid-out snapshot it finds."""
     from .hub.cache import repo_cache_dir, snapshot_problems
     from .hub.folder import FOLDER_FILES
-    from .hub.offline import LITE0_BASE_REPO
+    from .hub.offline import base_repo
     from .hub.zoo import WEIGHTS_FILE, zoo
-    wanted = [(w.repo_id(), w.revision, FOLDER_FILES) for w in zoo()] + [(LITE0_BASE_REPO, 'main', (WEIGHTS_FILE,))]
+    from .warmstart import WEIGHT_PACKAGES
+    wanted = [(w.repo_id(), w.revision, FOLDER_FILES) for w in zoo()] + [
+        (base_repo(package), 'main', (WEIGHTS_FILE,)) for package in WEIGHT_PACKAGES]
     problems, damaged = [], []
     for repo_id, revision, names in wanted:
         if repo_cache_dir(cache_dir, repo_id).is_dir():

@@ -56,8 +56,9 @@ def embedded_cache(cache_dir: Path, name: str = DEMO_WEIGHT) -> str:
     """Lay out ``name`` in the Hugging Face cache ``cache_dir`` (rebuilding it if needed); returns the commit."""
     weight = weights_for([name])[0]
     snapshot = repo_cache_dir(cache_dir, weight.repo_id()) / 'snapshots' / weight.revision
-    if (snapshot / WEIGHTS_FILE).exists() and sha256_of(snapshot / WEIGHTS_FILE) == weight.sha256:
-        return weight.revision
+    files = [snapshot / f for f in FOLDER_FILES]
+    if all(f.is_file() for f in files) and git_commit_id({f.name: f.read_bytes() for f in files}) == weight.revision:
+        return weight.revision  # already laid out, every file intact (the commit id hashes them all)
     with tempfile.TemporaryDirectory() as tmp:
         return add_to_cache(zoo_folder(weight, Path(tmp)), weight.repo_id(), cache_dir)
 
@@ -89,7 +90,7 @@ def package_base_cache(cache_dir: Path, package: str) -> Optional[str]:
     is never replaced)."""
     from ..warmstart import load_base_model
     repo_id = base_repo(package)
-    if repo_cache_dir(cache_dir, repo_id).exists():
+    if repo_cache_dir(cache_dir, repo_id).exists():  # laid out whole (add_to_cache), or a real download
         return None
     base = load_base_model(package, WEIGHT_PACKAGES[package])
     base.pretrained_cfg = timm.models.get_pretrained_cfg(repo_id.split('/')[1]).to_dict()
