@@ -42,7 +42,7 @@ from timm.models._builder import resolve_pretrained_cfg
 from timm_mrla.layers import MRLALight
 from timm_mrla.hub import pretrained_cfgs
 from ._helpers import AuthorsLayoutMixin, build_mrla_model, lambda_no_weight_decay, remap_state_dict
-from .deit import _to_grid, _to_tokens
+from .deit import _to_grid, _to_tokens, split_intermediates
 
 __all__ = ['CeiTMRLA', 'CeiTMRLABlock', 'LayerClassAttention', 'LocallyEnhancedFeedForward', 'ImageToTokens']
 
@@ -105,25 +105,17 @@ class LocallyEnhancedFeedForward(nn.Module):
         return self.bn3(self.conv3(x))
 
 
-class CeiTMRLABlock(nn.Module):
-    """Attention, LeFF and MRLA-light, as the authors' CeiT-MRLA block (see the module docstring for its quirks).
-
-    ``forward(x, grid)``: tokens [B, 1 + H*W, C] and the patch grid (H, W); returns the block's tokens.
-    """
+class _AttentionBlock(nn.Module):
+    """``norm1``, timm's ``Attention`` and ``norm2``: what CeiT's blocks and its LCA block share."""
 
     def __init__(
             self,
             dim: int,
             num_heads: int,
-            mlp_ratio: float = 4.,
             qkv_bias: bool = True,
             proj_drop: float = 0.,
             attn_drop: float = 0.,
-            drop_path: float = 0.,
             norm_layer=LayerNorm,
-            act_layer=nn.GELU,
-            leff_kernel_size: int = 3,
-            mrla_head_dim: int = 32,
             device=None,
             dtype=None,
     ):
@@ -132,6 +124,31 @@ class CeiTMRLABlock(nn.Module):
         self.norm1 = norm_layer(dim, **dd)
         self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=proj_drop, **dd)
         self.norm2 = norm_layer(dim, **dd)
+
+
+class CeiTMRLABlock(_AttentionBlock):
+    """Attention, LeFF and MRLA-light, as the authors' CeiT-MRLA block (see the module docstring for its quirks).
+
+    ``forward(x, grid)``: tokens [B, 1 + H*W, C] and the patch grid (H, W); returns the block's tokens. Takes
+    ``_AttentionBlock``'s arguments besides its own.
+    """
+
+    def __init__(
+            self,
+            dim: int,
+            num_heads: int,
+            mlp_ratio: float = 4.,
+            drop_path: float = 0.,
+            act_layer=nn.GELU,
+            leff_kernel_size: int = 3,
+            mrla_head_dim: int = 32,
+            norm_layer=LayerNorm,
+            device=None,
+            dtype=None,
+            **kwargs,
+    ):
+        dd = {'device': device, 'dtype': dtype}
+        super().__init__(dim, num_heads, norm_layer=norm_layer, **dd, **kwargs)
         self.leff = LocallyEnhancedFeedForward(dim, int(dim * mlp_ratio), leff_kernel_size, act_layer, **dd)
         self.norm_mrla = norm_layer(dim, **dd)
         self.mrla = MRLALight(
@@ -150,28 +167,14 @@ class CeiTMRLABlock(nn.Module):
         return x + self.drop_path(torch.cat([x_norm[:, :1], mrla], dim=1))
 
 
-class LayerClassAttention(nn.Module):
+class LayerClassAttention(_AttentionBlock):
     """CeiT's LCA block: the last of the layer class tokens [B, L, C] attends over all of them, then an MLP;
-    returns [B, 1, C]."""
+    returns [B, 1, C]. Takes ``_AttentionBlock``'s arguments besides its own."""
 
-    def __init__(
-            self,
-            dim: int,
-            num_heads: int,
-            mlp_ratio: float = 4.,
-            qkv_bias: bool = True,
-            proj_drop: float = 0.,
-            attn_drop: float = 0.,
-            norm_layer=LayerNorm,
-            act_layer=nn.GELU,
-            device=None,
-            dtype=None,
-    ):
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4., act_layer=nn.GELU, proj_drop: float = 0.,
+                 device=None, dtype=None, **kwargs):
         dd = {'device': device, 'dtype': dtype}
-        super().__init__()
-        self.norm1 = norm_layer(dim, **dd)
-        self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=proj_drop, **dd)
-        self.norm2 = norm_layer(dim, **dd)
+        super().__init__(dim, num_heads, proj_drop=proj_drop, **dd, **kwargs)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=act_layer, drop=proj_drop, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -235,15 +238,16 @@ class CeiTMRLA(AuthorsLayoutMixin, nn.Module):
         dpr = [x.item() for x in torch.linspace(0, drop_path_rate, depth, device='cpu')]  # stochastic depth decay
         self.blocks = nn.ModuleList([
             CeiTMRLABlock(
-                embed_dim, num_heads, mlp_ratio, qkv_bias, proj_drop_rate, attn_drop_rate, dpr[i], norm_layer,
-                act_layer, leff_kernel_size, mrla_head_dim, **dd)
+                embed_dim, num_heads, mlp_ratio, dpr[i], act_layer, leff_kernel_size, mrla_head_dim, norm_layer,
+                qkv_bias=qkv_bias, proj_drop=proj_drop_rate, attn_drop=attn_drop_rate, **dd)
             for i in range(depth)])
         reduction = to_2tuple(img_size)[0] // self.patch_embed.grid_size[0]
         self.feature_info = [dict(module=f'blocks.{i}', num_chs=embed_dim, reduction=reduction) for i in range(depth)]
 
         self.pos_layer_embed = nn.Parameter(torch.zeros(1, depth, embed_dim, **dd))
         self.lca = LayerClassAttention(
-            embed_dim, num_heads, mlp_ratio, qkv_bias, proj_drop_rate, attn_drop_rate, norm_layer, act_layer, **dd)
+            embed_dim, num_heads, mlp_ratio, act_layer, proj_drop_rate, qkv_bias=qkv_bias, attn_drop=attn_drop_rate,
+            norm_layer=norm_layer, **dd)
         self.norm = norm_layer(embed_dim, **dd)
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(embed_dim, num_classes, **dd) if num_classes > 0 else nn.Identity()
@@ -353,10 +357,8 @@ class CeiTMRLA(AuthorsLayoutMixin, nn.Module):
         take_indices, max_index = feature_take_indices(len(self.blocks), indices)
         last_index = max_index if stop_early else len(self.blocks) - 1
         _, cls_tokens, intermediates = self._run_blocks(self._embed(x), take_indices, last_index)
-        prefix_tokens = [y[:, :1] for y in intermediates]
-        intermediates = [y[:, 1:] for y in intermediates]
-        if output_fmt == 'NCHW':
-            intermediates = [_to_grid(y, self.patch_embed.grid_size).contiguous() for y in intermediates]
+        grid = self.patch_embed.grid_size
+        intermediates, prefix_tokens = split_intermediates(intermediates, 1, grid, output_fmt)
         if return_prefix_tokens:
             intermediates = list(zip(intermediates, prefix_tokens))
         if intermediates_only:
