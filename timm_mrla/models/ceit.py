@@ -292,6 +292,7 @@ class CeiTMRLA(AuthorsLayoutMixin, nn.Module):
         device, dtype = self.cls_token.device, self.cls_token.dtype
         self.head = nn.Linear(self.embed_dim, num_classes, device=device, dtype=dtype) if num_classes > 0 \
             else nn.Identity()
+        self.head.train(self.training)  # a new head follows the model's mode (timm's contract)
 
     def _embed(self, x: torch.Tensor) -> torch.Tensor:
         x = self.patch_embed(x)
