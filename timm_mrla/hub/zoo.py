@@ -213,7 +213,8 @@ def _warm_start_cfg(arch_cfg: Dict[str, Any], warm_start: WarmStart) -> Dict[str
 
 
 def pretrained_cfgs(base_cfgs: Dict[str, Dict[str, Any]], base_models: Dict[str, str]) -> Dict[str, Dict[str, Any]]:
-    """``default_cfgs`` entries for a model family (architecture configs, each model's timm base architecture):
+    """``default_cfgs`` entries for a model family (architecture configs, each model's timm base architecture,
+    where it has one):
     each model's published weights and its warm starts (``warm_starts``) as pretrained tags. The untagged name
     loads the first published default weight (see ``ZooWeight.default``), else the warm start from the base
     model's default tag; weights for another input or task come last and load only by their tag."""
@@ -231,6 +232,8 @@ def pretrained_cfgs(base_cfgs: Dict[str, Dict[str, Any]], base_models: Dict[str,
                 cfgs[warm_start.name] = _warm_start_cfg(cfg, warm_start)
         for w in [w for w in published if not w.default]:
             cfgs[w.name] = _weight_cfg(cfg, w)
+        if not any(name.split('.')[0] == model for name in cfgs):  # no weights, no base model: architecture only
+            cfgs[model] = dict(cfg)
     return cfgs
 
 

@@ -1,8 +1,9 @@
-from . import deit, efficientnet, resnet
+from . import ceit, deit, efficientnet, resnet
 from ._helpers import AuthorsCheckpointError
+from .ceit import *
 from .deit import *
 from .efficientnet import *
 from .resnet import *
 
-# each MRLA model -> the timm model it extends (benchmark baseline, warm-start source)
+# each MRLA model -> the timm model it extends (benchmark baseline, warm-start source); timm has no CeiT
 BASE_MODELS = {**resnet.BASE_MODELS, **efficientnet.BASE_MODELS, **deit.BASE_MODELS}

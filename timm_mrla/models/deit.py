@@ -54,6 +54,20 @@ def _to_tokens(x: torch.Tensor) -> torch.Tensor:
     return x.flatten(2).transpose(1, 2)
 
 
+def split_intermediates(
+        intermediates: List[torch.Tensor],
+        num_prefix_tokens: int,
+        grid: Tuple[int, int],
+        output_fmt: str,
+) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
+    """Block outputs [B, prefix + H*W, C] -> their patch tokens (NCHW on the grid, or NLC) and prefix tokens."""
+    prefix_tokens = [y[:, :num_prefix_tokens] for y in intermediates]
+    intermediates = [y[:, num_prefix_tokens:] for y in intermediates]
+    if output_fmt == 'NCHW':
+        intermediates = [_to_grid(y, grid).contiguous() for y in intermediates]
+    return intermediates, prefix_tokens
+
+
 class MRLALightBlock(Block):
     """timm ViT ``Block`` followed by the authors' token MRLA-light (``deit_mrla_light.py``).
 
@@ -192,10 +206,7 @@ class MRLAVisionTransformer(AuthorsLayoutMixin, VisionTransformer):
         last_index = max_index if stop_early else len(self.blocks) - 1
         x, intermediates = self._run_blocks(self._embed(x), grid, take_indices, last_index, norm)
 
-        prefix_tokens = [y[:, :self.num_prefix_tokens] for y in intermediates]
-        intermediates = [y[:, self.num_prefix_tokens:] for y in intermediates]
-        if output_fmt == 'NCHW':
-            intermediates = [_to_grid(y, grid).contiguous() for y in intermediates]
+        intermediates, prefix_tokens = split_intermediates(intermediates, self.num_prefix_tokens, grid, output_fmt)
         if output_dict:
             result: Dict[str, Any] = {'image_intermediates': intermediates}
             if return_prefix_tokens and self.num_prefix_tokens:
