@@ -145,9 +145,20 @@ def _warm_start_section(warm_starts: Sequence[WarmStart]) -> List[str]:
     return lines + ['']
 
 
+def _untrained_section(names: Sequence[str]) -> List[str]:
+    return ['## Architectures without pretrained weights', '',
+            f'{", ".join(f"`{n}`" for n in names)}: no pretrained weights exist for these on the Hub. The authors '
+            f'published none, timm has no such model whose weights a warm start could copy, and this project has '
+            f'trained none, so they have no pretrained tag and `pretrained=True` raises. Create them untrained '
+            f'(`timm.create_model(name)`), load a checkpoint trained with the authors\' code '
+            f'(`checkpoint_path=`, or `timm-mrla convert`), and give `--random-init` to the commands that need a '
+            f'model (`timm-mrla attention`).', '']
+
+
 def render_model_cards(weights: Sequence[ZooWeight], shapes: Dict[str, Tuple[int, Sequence[int]]], org: str,
-                       warm_starts: Sequence[WarmStart] = ()) -> str:
-    """MODEL_CARDS.md: every published weight's card, from the manifest, and the warm starts."""
+                       warm_starts: Sequence[WarmStart] = (), untrained: Sequence[str] = ()) -> str:
+    """MODEL_CARDS.md: every published weight's card, from the manifest, the warm starts, and the architectures
+    that have no weights at all."""
     lines = ['# timm-mrla model zoo', '',
              'Generated from `timm_mrla/hub/manifest.json` by `timm-mrla zoo sync`; edit the manifest, not this file. '
              'Each section is the model card published with the weights.', '']
@@ -163,4 +174,6 @@ def render_model_cards(weights: Sequence[ZooWeight], shapes: Dict[str, Tuple[int
         lines.append(_body(card_for_weight(w, num_classes, input_size), heading='##'))
     if warm_starts:
         lines += _warm_start_section(warm_starts)
+    if untrained:
+        lines += _untrained_section(untrained)
     return '\n'.join(lines)

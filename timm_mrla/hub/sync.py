@@ -25,8 +25,11 @@ def sync(manifest: Path = MANIFEST_PATH, model_cards: Path = MODEL_CARDS_PATH, c
     """Write (or with ``check`` only compare) MODEL_CARDS.md; returns it if it was out of date."""
     data = read_manifest(manifest)
     weights = parse_manifest(data, str(manifest))
+    import timm
     from ..models import BASE_MODELS
-    wanted = {model_cards: render_model_cards(weights, _shapes(weights), data['hub_org'], warm_starts(BASE_MODELS))}
+    untrained = [n for n in timm.list_models('*mrla*') if not timm.list_models(n, pretrained=True)]
+    wanted = {model_cards: render_model_cards(weights, _shapes(weights), data['hub_org'], warm_starts(BASE_MODELS),
+                                              untrained)}
     stale = [path for path, text in wanted.items() if not path.exists() or path.read_text() != text]
     if not check:
         for path in stale:
