@@ -1,7 +1,8 @@
 """Parameters and GMACs of the MRLA models beside their timm base models, as a markdown table.
 
     python benchmarks/model_table.py                # every MRLA model
-    python benchmarks/model_table.py resnet50_mrla  # some of them (the CeiT ones, which have no timm base, by name)
+    python benchmarks/model_table.py resnet50_mrla  # some of them (the CeiT ones, which have no timm base, by name:
+                                                    # beside the same model without MRLA, mrla=False)
 
 MACs are counted by ``torch.utils.flop_counter.FlopCounterMode`` (convolutions, matrix products,
 attention), halved from FLOPs, for one image at the model's default input size; element-wise work
@@ -18,8 +19,8 @@ from timm_mrla.models import BASE_MODELS
 
 
 
-def measure(name: str):
-    model = timm.create_model(name).eval()
+def measure(name: str, **kwargs):
+    model = timm.create_model(name, **kwargs).eval()
     size = model.pretrained_cfg['input_size']
     params = sum(p.numel() for p in model.parameters())
     counter = FlopCounterMode(display=False)
@@ -35,12 +36,13 @@ def main():
     print('| model | timm base model | input | params (M) | GMACs | params vs base | GMACs vs base |')
     print('|---|---|---|---|---|---|---|')
     for name in args.models:
-        base = BASE_MODELS.get(name)
         params, macs, size = measure(name)
-        if base is None:  # CeiT: timm has no model to compare with
-            print(f'| {name} | none | {size} | {params / 1e6:.3f} | {macs / 1e9:.3f} | - | - |')
-            continue
-        base_params, base_macs, base_size = measure(base)
+        if name in BASE_MODELS:
+            base = BASE_MODELS[name]
+            base_params, base_macs, base_size = measure(base)
+        else:  # CeiT: timm has none; the same model without its MRLA branches
+            base = f'{name}(mrla=False)'
+            base_params, base_macs, base_size = measure(name, mrla=False)
         assert base_size == size, f'{name} and {base} default to different input sizes'
         print(f'| {name} | {base} | {size} | {params / 1e6:.3f} | {macs / 1e9:.3f} | '
               f'+{(params - base_params) / 1e3:.1f}K | +{(macs - base_macs) / 1e9:.3f} |')

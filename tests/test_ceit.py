@@ -65,6 +65,21 @@ def test_sizes_and_no_pretrained_weights():
         assert model(torch.randn(2, 3, 64, 64)).shape == (2, 7)
 
 
+def test_plain_ceit_is_the_model_without_its_mrla_branches():
+    """mrla=False (the model table's baseline) drops exactly the MRLA parameters; everything else loads unchanged."""
+    model, plain = (timm.create_model('ceit_tiny_mrla', mrla=mrla, **SMALL).eval() for mrla in (True, False))
+    state = model.state_dict()
+    kept = {k: v for k, v in state.items() if '.mrla.' not in k and '.norm_mrla.' not in k}
+    assert len(kept) < len(state)
+    plain.load_state_dict(kept, strict=True)
+    block = model.blocks[0]
+    x = torch.randn(2, 1 + 16, model.embed_dim)
+    with torch.no_grad():  # a plain block is the MRLA block up to its MRLA branch
+        block.mrla, block.norm_mrla = None, None
+        torch.testing.assert_close(plain.blocks[0](x, (4, 4)), block(x, (4, 4)))
+        assert plain(torch.randn(1, 3, 64, 64)).shape == (1, 1000)
+
+
 def test_block_continues_from_its_normalised_input():
     """The authors' block replaces its input by norm1(x); LeFF and MRLA pass the class token slot through."""
     torch.manual_seed(0)

@@ -143,6 +143,7 @@ class CeiTMRLABlock(_AttentionBlock):
             leff_kernel_size: int = 3,
             mrla_head_dim: int = 32,
             norm_layer=LayerNorm,
+            mrla: bool = True,
             device=None,
             dtype=None,
             **kwargs,
@@ -150,9 +151,10 @@ class CeiTMRLABlock(_AttentionBlock):
         dd = {'device': device, 'dtype': dtype}
         super().__init__(dim, num_heads, norm_layer=norm_layer, **dd, **kwargs)
         self.leff = LocallyEnhancedFeedForward(dim, int(dim * mlp_ratio), leff_kernel_size, act_layer, **dd)
-        self.norm_mrla = norm_layer(dim, **dd)
+        self.norm_mrla = norm_layer(dim, **dd) if mrla else None
         self.mrla = MRLALight(
-            dim, head_dim=mrla_head_dim, value_act_layer=partial(BatchNormAct2d, dim, act_layer=act_layer, **dd), **dd)
+            dim, head_dim=mrla_head_dim, value_act_layer=partial(BatchNormAct2d, dim, act_layer=act_layer, **dd),
+            **dd) if mrla else None
         self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
 
     def forward(self, x: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
@@ -162,6 +164,8 @@ class CeiTMRLABlock(_AttentionBlock):
         x_norm = self.norm2(x)
         leff = _to_tokens(self.leff(_to_grid(x_norm[:, 1:], grid)))
         x = x + self.drop_path(torch.cat([x_norm[:, :1], leff], dim=1))
+        if self.mrla is None or self.norm_mrla is None:  # plain CeiT
+            return x
         x_norm = self.norm_mrla(x)
         mrla = _to_tokens(self.mrla(_to_grid(x_norm[:, 1:], grid), _to_grid(prev[:, 1:], grid)))
         return x + self.drop_path(torch.cat([x_norm[:, :1], mrla], dim=1))
@@ -191,7 +195,8 @@ class CeiTMRLA(AuthorsLayoutMixin, nn.Module):
     features end pooled (over layers, by attention), and timm's API wants spatial features; ``forward_head`` with
     ``global_pool='token'`` flattens it. ``forward_intermediates`` / ``features_only`` give the blocks' patch tokens
     on their 14x14 grid (stride 16); CeiT has no final norm over those tokens, so their ``norm`` does nothing.
-    The input size is fixed by the position embedding (``img_size``).
+    The input size is fixed by the position embedding (``img_size``). ``mrla=False`` builds the same model without
+    its MRLA branches: plain CeiT, as the authors' blocks are otherwise (the baseline of the README's model table).
     """
 
     authors_key_rules = _AUTHORS_KEY_RULES
@@ -218,6 +223,7 @@ class CeiTMRLA(AuthorsLayoutMixin, nn.Module):
             mrla_head_dim: int = 32,
             norm_layer=partial(LayerNorm, eps=1e-6),
             act_layer=nn.GELU,
+            mrla: bool = True,
             device=None,
             dtype=None,
     ):
@@ -238,7 +244,7 @@ class CeiTMRLA(AuthorsLayoutMixin, nn.Module):
         dpr = [x.item() for x in torch.linspace(0, drop_path_rate, depth, device='cpu')]  # stochastic depth decay
         self.blocks = nn.ModuleList([
             CeiTMRLABlock(
-                embed_dim, num_heads, mlp_ratio, dpr[i], act_layer, leff_kernel_size, mrla_head_dim, norm_layer,
+                embed_dim, num_heads, mlp_ratio, dpr[i], act_layer, leff_kernel_size, mrla_head_dim, norm_layer, mrla,
                 qkv_bias=qkv_bias, proj_drop=proj_drop_rate, attn_drop=attn_drop_rate, **dd)
             for i in range(depth)])
         reduction = to_2tuple(img_size)[0] // self.patch_embed.grid_size[0]
