@@ -150,8 +150,9 @@ def architecture_cfg(model: str) -> Dict[str, Any]:
 
 
 # Warm starts come from these timm pretrained tags of a base model besides its default one: the ResNet recipes
-# most used as fine-tuning starts (ResNet strikes back A1, torchvision's original and its improved recipe)
-WARM_START_EXTRA_TAGS = ('a1_in1k', 'tv_in1k', 'tv2_in1k')
+# most used as fine-tuning starts (ResNet strikes back A1, torchvision's original and its improved recipe), and
+# Meta's ImageNet-1k-only ConvNeXt (timm's default ConvNeXt-T/S saw ImageNet-12k first)
+WARM_START_EXTRA_TAGS = ('a1_in1k', 'tv_in1k', 'tv2_in1k', 'fb_in1k')
 WARM_START_SUFFIX = '_warmstart'
 # what a warm start takes from its base tag: the weights' data config (and the pool size at that input), classes
 # and license
