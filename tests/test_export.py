@@ -16,9 +16,12 @@ import torch
 
 import timm_mrla  # noqa: F401
 from synthetic_checkpoints import synthetic_value
+from test_convnext import SMALL as CONVNEXT_SMALL
 
-# CeiT's sizes differ in widths only: the tiny one stands for them (a dynamo export of one takes ~30 s here)
-MODELS = [n for n in timm.list_models('*mrla*') if n not in ('ceit_small_mrla', 'ceit_base_mrla')]
+# CeiT's and ConvNeXt's sizes differ in widths (and depth) only: the tiny ones stand for them (a dynamo export of
+# one takes ~30 s here), ConvNeXt-T in a few blocks
+MODELS = [n for n in timm.list_models('*mrla*') if n not in ('ceit_small_mrla', 'ceit_base_mrla', 'convnext_small_mrla',
+                                                             'convnext_base_mrla')]
 EXPORT_BATCH, RUN_BATCH = 2, 3
 # fp32 through another runtime: kernels sum in other orders, and the rounding grows with depth
 # (measured: at most 9.7e-7 over the 19 models and both exporters)
@@ -26,8 +29,10 @@ REL_TOL = 1e-5
 
 
 def _model(name: str) -> torch.nn.Module:
-    transformer = name.startswith(('deit', 'ceit'))
-    model = timm.create_model(name, num_classes=10, **({'img_size': _size(name)} if transformer else {}))
+    kwargs = {'img_size': _size(name)} if name.startswith(('deit', 'ceit')) else {}
+    if name.startswith('convnext'):
+        kwargs = CONVNEXT_SMALL
+    model = timm.create_model(name, num_classes=10, **kwargs)
     vectors = {key: synthetic_value(key, tuple(value.shape), 'int64' if value.dtype == torch.int64 else 'float32')
                for key, value in model.state_dict().items() if value.ndim <= 1}
     model.load_state_dict(vectors, strict=False)

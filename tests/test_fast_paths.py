@@ -10,6 +10,7 @@ from timm.layers import BatchNormAct2d
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 import timm_mrla  # noqa: F401
+from test_convnext import SMALL as CONVNEXT_SMALL
 from timm_mrla.layers import mrla as mrla_module
 from timm_mrla.layers import MRLABase, MRLALight, add_mrla_light, batchnorm_affine, mrla_base_reference, \
     mrla_light_reference, reference_mode
@@ -97,7 +98,7 @@ def test_training_mode_never_folds():
 MODELS = ['resnet18_mrla', 'resnet50_mrla', 'resnet50_mrla_base', 'efficientnet_b0_mrla', 'deit_tiny_mrla',
           'deit_tiny_mrla_base', 'convnext_tiny_mrla']
 # ConvNeXt's layout in a few blocks (its branch is the CNN one: the full depth adds only time)
-MODEL_KWARGS = {'convnext_tiny_mrla': dict(depths=(1, 1, 2, 1), dims=(32, 64, 96, 128))}
+MODEL_KWARGS = {'convnext_tiny_mrla': CONVNEXT_SMALL}
 
 
 def _output_and_grads(model, x, reference: bool):

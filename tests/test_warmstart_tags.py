@@ -16,6 +16,7 @@ from timm_mrla.hub import WeightsUnavailableError, zoo
 from timm_mrla.hub.zoo import WARM_START_DATA_FIELDS, warm_start_named, warm_starts
 from timm_mrla.models import BASE_MODELS
 from timm_mrla.models._helpers import MRLA_INPUT_NORMS
+from test_convnext import SMALL as CONVNEXT_SMALL
 from timm_standins import add_standin, standin_model, write_standin_folder
 
 # the models with a timm base model: CeiT has none, so no warm start and no tag (tests/test_ceit.py)
@@ -159,13 +160,12 @@ def test_convnext_warm_start_is_exact_in_training_too(hub_cache):
     """ConvNeXt has no BatchNorm; its MRLA branches' own, at zero, leave timm's ConvNeXt exactly, with batch
     statistics as at inference. A small ConvNeXt-T (LayerScale away from its 1e-6 init, so the blocks count) stands
     in for Meta's ImageNet-1k weights."""
-    small = dict(depths=(1, 1, 2, 1), dims=(32, 64, 96, 128))
     torch.manual_seed(0)
-    base = timm.create_model('convnext_tiny', **small)
+    base = timm.create_model('convnext_tiny', **CONVNEXT_SMALL)
     for block in (b for stage in base.stages for b in stage.blocks):
         torch.nn.init.uniform_(block.gamma, 0.5, 1.5)
     add_standin(hub_cache, 'convnext_tiny.fb_in1k', base)
-    model = timm.create_model('convnext_tiny_mrla.fb_in1k_warmstart', pretrained=True, **small)
+    model = timm.create_model('convnext_tiny_mrla.fb_in1k_warmstart', pretrained=True, **CONVNEXT_SMALL)
     x = _input('convnext_tiny')
     with torch.no_grad():
         assert _relative_max_diff(model.eval()(x), base.eval()(x)) <= 1e-5
