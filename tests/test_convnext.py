@@ -5,6 +5,7 @@ import torch
 from timm.models.convnext import ConvNeXtBlock
 
 import timm_mrla  # noqa: F401
+from timm_mrla import layer_attention
 from timm_mrla.layers import MRLALight, mrla as mrla_module
 from timm_mrla.models.convnext import MRLAConvNeXtBlock
 
@@ -54,3 +55,12 @@ def test_branch_takes_the_cnn_fold_and_training_unit(train, monkeypatch):
     model = timm.create_model('convnext_tiny_mrla', **SMALL).train(train)
     model(torch.randn(2, 3, 64, 64))
     assert calls == ['unit' if train else 'fold'] * sum(SMALL['depths'])
+
+
+def test_layer_attention_groups_are_the_stages():
+    """What ``timm-mrla attention`` draws: MRLA-light restarts at each stage, so each stage is a group."""
+    model = timm.create_model('convnext_tiny_mrla', **SMALL).eval()
+    groups = layer_attention(model, torch.randn(2, 3, 64, 64))
+    assert [(g.name, g.variant, len(g.blocks)) for g in groups] == [
+        (f'stages.{i}.blocks', 'light', depth) for i, depth in enumerate(SMALL['depths'])]
+    assert groups[2].weights.shape == (2, 2, 2, 3)  # images, blocks, earlier blocks, heads
