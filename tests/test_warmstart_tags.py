@@ -161,12 +161,16 @@ def test_missing_base_repository_offline(hub_cache):
 
 
 def test_base_repository_from_the_loopback_server(online, tmp_path, caplog):
-    base = standin_model('resnet18')
-    online.add_repo(write_standin_folder(tmp_path / 'standin', 'resnet18.a1_in1k', base), 'timm/resnet18.a1_in1k')
-    model = timm.create_model('resnet18_mrla', pretrained=True).eval()
-    x = _input('resnet18')
-    with torch.no_grad():
-        assert _relative_max_diff(model(x), base(x)) <= 1e-5
+    # a CNN, and a ViT variant's base (DeiT-III: LayerScale) in its small configuration
+    for name, base_name in (('resnet18_mrla', 'resnet18.a1_in1k'),
+                            ('deit3_small_patch16_224_mrla', 'deit3_small_patch16_224.fb_in1k')):
+        small = SMALL_CONFIGS.get(name, {})
+        base = standin_model(base_name.split('.')[0], **small)
+        online.add_repo(write_standin_folder(tmp_path / name, base_name, base), f'timm/{base_name}')
+        model = timm.create_model(name, pretrained=True, **small).eval()
+        x = _input(name)
+        with torch.no_grad():
+            assert _relative_max_diff(model(x), base(x)) <= 1e-5
     # a base repository the server does not have
     with pytest.raises(WeightsUnavailableError, match=r"'model.safetensors' of timm/resnet34.a1_in1k.*has no "
                                                       r"repository timm/resnet34.a1_in1k.*Check the name"):
