@@ -53,6 +53,7 @@ PAIRS = {
     'deit_small_mrla': ('deit_small_patch16_224', None),
     'deit_tiny_mrla_base': ('deit_tiny_patch16_224', None),
     'deit_small_mrla_base': ('deit_small_patch16_224', None),
+    'vit_small_patch16_224_mrla': ('vit_small_patch16_224', None),
     'convnext_tiny_mrla': ('convnext_tiny', None),
 }
 MODES = ('eager', 'channels_last', 'bf16', 'amp', 'compile')

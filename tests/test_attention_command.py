@@ -26,7 +26,7 @@ def _assert_png(path) -> None:
 
 
 @pytest.mark.parametrize('name', ['resnet18_mrla', 'resnet50_mrla_base', 'efficientnet_b0_mrla', 'deit_tiny_mrla',
-                                  'deit_tiny_mrla_base'])
+                                  'deit_tiny_mrla_base', 'resnext50_32x4d_mrla', 'deit3_small_patch16_224_mrla'])
 def test_figure_and_numbers_for_every_family(name, tmp_path, capsys):
     out, numbers = tmp_path / 'attention.png', tmp_path / 'attention.json'
     assert _attention(name, 'skimage:coffee', 'skimage:chelsea', '--random-init', '--out', out, '--json', numbers) == 0

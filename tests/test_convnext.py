@@ -8,9 +8,9 @@ import timm_mrla  # noqa: F401
 from timm_mrla import layer_attention
 from timm_mrla.layers import MRLALight, mrla as mrla_module
 from timm_mrla.models.convnext import MRLAConvNeXtBlock
+from timm_standins import SMALL_CONFIGS
 
-# ConvNeXt's layout at a fraction of the cost: four stages, widths divisible by the 32-channel heads
-SMALL = dict(depths=(1, 1, 2, 1), dims=(32, 64, 96, 128))
+SMALL = SMALL_CONFIGS['convnext_tiny_mrla']
 
 
 def test_mrla_after_every_block_at_the_blocks_drop_path_rate():

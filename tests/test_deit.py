@@ -10,7 +10,9 @@ from timm_mrla.models.deit import MRLABaseBlock, MRLALightBlock, _to_grid, _to_t
 from synthetic_checkpoints import read_key_list
 
 DEIT_MODELS = ['deit_mrla', 'deit_tiny_mrla', 'deit_small_mrla', 'deit_base_mrla',
-               'deit_tiny_mrla_base', 'deit_small_mrla_base', 'deit_base_mrla_base']
+               'deit_tiny_mrla_base', 'deit_small_mrla_base', 'deit_base_mrla_base',
+               # timm's FEAT_INTER_FILTERS (features_only, forward_intermediates) pick ViTs by module: 'deit' is one
+               'vit_small_patch16_224_mrla', 'vit_base_patch16_224_mrla', 'deit3_small_patch16_224_mrla']
 
 
 @pytest.mark.parametrize('name, authors', [
@@ -135,8 +137,9 @@ def test_forward_intermediates(name):
         assert set(as_dict) == {'image_intermediates', 'image_features'}
 
 
-def test_features_only_backbone():
-    model = timm.create_model('deit_small_mrla_base', features_only=True, out_indices=(3, 7, 11)).eval()
+@pytest.mark.parametrize('name', ['deit_small_mrla_base', 'deit3_small_patch16_224_mrla'])
+def test_features_only_backbone(name):
+    model = timm.create_model(name, features_only=True, out_indices=(3, 7, 11)).eval()
     with torch.no_grad():
         features = model(torch.randn(1, 3, 224, 224))
     assert [f.shape for f in features] == [(1, 384, 14, 14)] * 3

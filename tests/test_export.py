@@ -3,7 +3,8 @@ torch.export. Each is exported at batch 2 and run at batch 3, where it must give
 
 The norms, biases and lambdas take the deterministic synthetic values of the golden tests: BatchNorm statistics
 away from their defaults, so the eval-time fold of MRLA-light has work to do. Inputs are small: 64x64 for the
-CNNs and CeiT, 32x32 (a 2x2 patch grid) for DeiT, both transformers built with that ``img_size``.
+CNNs and CeiT, 32x32 (a 2x2 patch grid) for the ViTs, both transformers built with that ``img_size``; the variants
+of a family exported at full depth are exported in their small configurations (``SMALL_CONFIGS``).
 """
 import io
 from typing import NamedTuple
@@ -16,23 +17,28 @@ import torch
 
 import timm_mrla  # noqa: F401
 from synthetic_checkpoints import synthetic_value
-from test_convnext import SMALL as CONVNEXT_SMALL
+from timm_standins import SMALL_CONFIGS
 
-# CeiT's and ConvNeXt's sizes differ in widths (and depth) only: the tiny ones stand for them (a dynamo export of
-# one takes ~30 s here), ConvNeXt-T in a few blocks
-MODELS = [n for n in timm.list_models('*mrla*') if n not in ('ceit_small_mrla', 'ceit_base_mrla', 'convnext_small_mrla',
-                                                             'convnext_base_mrla')]
+# models whose MRLA branches and shortcuts another exported model already has. CeiT's sizes differ in widths only
+# (a dynamo export of one takes ~30 s here); ResNet-101-D's blocks are ResNet-50-D's; SE-ResNet, ResNeXt and Wide
+# ResNet differ from ResNet-50 only inside the residual branch (an SE gate, grouped or wider convolutions: timm's own
+# modules); the ViTs are DeiT's architectures with other weights; ConvNeXt-S/B differ from ConvNeXt-T in sizes only
+SAME_EXPORT_AS = {'ceit_small_mrla': 'ceit_tiny_mrla', 'ceit_base_mrla': 'ceit_tiny_mrla',
+                  'resnet101d_mrla': 'resnet50d_mrla', 'seresnet50_mrla': 'resnet50_mrla',
+                  'resnext50_32x4d_mrla': 'resnet50_mrla', 'wide_resnet50_2_mrla': 'resnet50_mrla',
+                  'vit_small_patch16_224_mrla': 'deit_small_mrla', 'vit_base_patch16_224_mrla': 'deit_base_mrla',
+                  'convnext_small_mrla': 'convnext_tiny_mrla', 'convnext_base_mrla': 'convnext_tiny_mrla'}
+MODELS = [name for name in timm.list_models('*mrla*') if name not in SAME_EXPORT_AS]
 EXPORT_BATCH, RUN_BATCH = 2, 3
 # fp32 through another runtime: kernels sum in other orders, and the rounding grows with depth
-# (measured: at most 9.7e-7 over the 19 models and both exporters)
+# (measured: at most 9.7e-7 over the first 19 models and both exporters)
 REL_TOL = 1e-5
 
 
 def _model(name: str) -> torch.nn.Module:
-    kwargs = {'img_size': _size(name)} if name.startswith(('deit', 'ceit')) else {}
-    if name.startswith('convnext'):
-        kwargs = CONVNEXT_SMALL
-    model = timm.create_model(name, num_classes=10, **kwargs)
+    transformer = name.startswith(('deit', 'vit', 'ceit'))
+    model = timm.create_model(name, num_classes=10, **({'img_size': _size(name)} if transformer else {}),
+                              **SMALL_CONFIGS.get(name, {}))
     vectors = {key: synthetic_value(key, tuple(value.shape), 'int64' if value.dtype == torch.int64 else 'float32')
                for key, value in model.state_dict().items() if value.ndim <= 1}
     model.load_state_dict(vectors, strict=False)
@@ -40,7 +46,7 @@ def _model(name: str) -> torch.nn.Module:
 
 
 def _size(name: str) -> int:
-    return 32 if name.startswith('deit') else 64  # CeiT's stride-16 stem: a 4x4 grid
+    return 32 if name.startswith(('deit', 'vit')) else 64  # CeiT's stride-16 stem: a 4x4 grid
 
 
 def _images(name: str, batch_size: int) -> torch.Tensor:

@@ -10,10 +10,10 @@ from timm.layers import BatchNormAct2d
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 import timm_mrla  # noqa: F401
-from test_convnext import SMALL as CONVNEXT_SMALL
 from timm_mrla.layers import mrla as mrla_module
 from timm_mrla.layers import MRLABase, MRLALight, add_mrla_light, batchnorm_affine, mrla_base_reference, \
     mrla_light_reference, reference_mode
+from timm_standins import SMALL_CONFIGS
 
 FP32 = dict(rtol=1e-4, atol=1e-5)
 
@@ -95,10 +95,12 @@ def test_training_mode_never_folds():
     torch.testing.assert_close(norm.running_mean, ref_norm.running_mean)  # statistics updated once, as usual
 
 
+# and, small (SMALL_CONFIGS, 64x64), the one variant whose MRLA branch meets something new: ResNet-D's shortcut is
+# recomputed through its average-pool downsample. The others differ inside the residual branch (SE, grouped or wider
+# convolutions) or before the branch (DeiT-III's LayerScale), which the fold and the training units leave alone. And
+# ConvNeXt-T, small: a new family, whose blocks hand the branch channels-last maps.
 MODELS = ['resnet18_mrla', 'resnet50_mrla', 'resnet50_mrla_base', 'efficientnet_b0_mrla', 'deit_tiny_mrla',
-          'deit_tiny_mrla_base', 'convnext_tiny_mrla']
-# ConvNeXt's layout in a few blocks (its branch is the CNN one: the full depth adds only time)
-MODEL_KWARGS = {'convnext_tiny_mrla': CONVNEXT_SMALL}
+          'deit_tiny_mrla_base', 'resnet50d_mrla', 'convnext_tiny_mrla']
 
 
 def _output_and_grads(model, x, reference: bool):
@@ -124,12 +126,12 @@ def test_models_equal_their_reference_form(name, train):
     float64 result, or, where the float32 reference form itself strays further (a training-mode ResNet-50 on
     a batch of 2 amplifies rounding through its batch statistics to ~5e-3), no further than it does."""
     torch.manual_seed(0)
-    model = timm.create_model(name, num_classes=10, drop_path_rate=0., **MODEL_KWARGS.get(name, {}))
+    model = timm.create_model(name, num_classes=10, drop_path_rate=0., **SMALL_CONFIGS.get(name, {}))
     for module in model.modules():  # trained-looking statistics, so the eval fold has work to do
         if isinstance(module, nn.BatchNorm2d):
             _trained_bn(module)
     model.train(train)
-    size = 224 if name.startswith('deit') else 96
+    size = 224 if name.startswith('deit') else 64 if name in SMALL_CONFIGS else 96
     x = torch.randn(2, 3, size, size)
     model64 = copy.deepcopy(model).double()
     truth = _output_and_grads(model64, x.double(), reference=True)

@@ -315,7 +315,8 @@ def test_torch_hub_loads_every_model_as_timm_does(hub_cache):
     spec.loader.exec_module(hubconf)
     assert sorted(n for n in dir(hubconf) if callable(getattr(hubconf, n)) and not n.startswith('_')) == sorted(names)
     for name in names:
-        model = torch.hub.load(str(REPO_ROOT), name, source='local', num_classes=7)
+        with torch.device('meta'):  # the entry points are what is tested, not the weights' initialisation
+            model = torch.hub.load(str(REPO_ROOT), name, source='local', num_classes=7)
         assert model.pretrained_cfg['architecture'] == name and model.num_classes == 7
     # pretrained, a tag included: the same weights as timm.create_model, from the offline cache
     embedded_cache(hub_cache)

@@ -10,9 +10,11 @@ from timm.optim import create_optimizer_v2
 import timm_mrla  # noqa: F401
 from timm_mrla.models.resnet import MRLABaseStage
 from synthetic_checkpoints import read_key_list
+from timm_standins import SMALL_CONFIGS
 
 RESNET_MODELS = ['resnet18_mrla', 'resnet34_mrla', 'resnet50_mrla', 'resnet101_mrla', 'resnet152_mrla',
-                 'resnet50_mrla_base', 'resnet101_mrla_base']
+                 'resnet50_mrla_base', 'resnet101_mrla_base', 'resnet50d_mrla', 'resnet101d_mrla', 'seresnet50_mrla',
+                 'resnext50_32x4d_mrla', 'wide_resnet50_2_mrla']
 
 
 def test_registered_and_listed():
@@ -123,12 +125,13 @@ def test_grad_checkpointing_gives_the_same_gradients(name):
         torch.testing.assert_close(grads[1][n], grads[0][n], rtol=1e-4, atol=1e-5, msg=n)
 
 
-@pytest.mark.parametrize('name', ['resnet50_mrla', 'resnet50_mrla_base', 'resnet18_mrla'])
+@pytest.mark.parametrize('name', ['resnet50_mrla', 'resnet50_mrla_base', 'resnet18_mrla', 'resnet50d_mrla'])
 def test_features_only_matches_forward_intermediates(name):
+    small = SMALL_CONFIGS.get(name, {})
     torch.manual_seed(0)
-    model = timm.create_model(name).eval()
+    model = timm.create_model(name, **small).eval()
     torch.manual_seed(0)
-    features = timm.create_model(name, features_only=True, out_indices=(1, 2, 3, 4)).eval()
+    features = timm.create_model(name, features_only=True, out_indices=(1, 2, 3, 4), **small).eval()
     x = torch.randn(1, 3, 96, 128)
     with torch.no_grad():
         expected = model.forward_intermediates(x, indices=(1, 2, 3, 4), intermediates_only=True)

@@ -6,6 +6,7 @@ loopback Hub; the loading code is the real one (timm, huggingface_hub, our check
 """
 import functools
 import logging
+from typing import Any, Tuple
 
 import pytest
 import timm
@@ -16,8 +17,7 @@ from timm_mrla.hub import WeightsUnavailableError, zoo
 from timm_mrla.hub.zoo import WARM_START_DATA_FIELDS, warm_start_named, warm_starts
 from timm_mrla.models import BASE_MODELS
 from timm_mrla.models._helpers import MRLA_INPUT_NORMS
-from test_convnext import SMALL as CONVNEXT_SMALL
-from timm_standins import add_standin, standin_model, write_standin_folder
+from timm_standins import SMALL_CONFIGS, add_standin, standin_model, write_standin_folder
 
 # the models with a timm base model: CeiT has none, so no warm start and no tag (tests/test_ceit.py)
 MRLA_NAMES = [n for n in timm.list_models('*mrla*') if n in BASE_MODELS]
@@ -26,13 +26,13 @@ WARM_STARTS = warm_starts(BASE_MODELS)
 
 def _input(name: str) -> torch.Tensor:
     torch.manual_seed(0)
-    size = 224 if name.startswith('deit') else 64  # DeiT's input size is fixed
+    size = 224 if name.startswith(('deit', 'vit')) else 64  # the ViTs' input size is fixed
     return torch.randn(1, 3, size, size)
 
 
 @functools.lru_cache(maxsize=1)  # aliases and variants of one base run one after another (see the parametrize)
-def _standin(arch: str) -> torch.nn.Module:
-    return standin_model(arch)
+def _standin(arch: str, config: Tuple[Tuple[str, Any], ...] = ()) -> torch.nn.Module:
+    return standin_model(arch, **dict(config))
 
 
 @pytest.fixture(scope='module')
@@ -89,25 +89,21 @@ def _default_name(name: str) -> str:
     return f'{name}.{timm.models.get_pretrained_cfg(name).tag}'
 
 
-# ConvNeXt-S/B load through ConvNeXt-T's code and differ in sizes only (their configs are checked above); full-size
-# stand-ins of them take 20 s
-LOADED_BY_ANOTHER_SIZE = ('convnext_small_mrla', 'convnext_base_mrla')
-
-
-@pytest.mark.parametrize('name', sorted((n for n in MRLA_NAMES if warm_start_named(_default_name(n))
-                                          and n not in LOADED_BY_ANOTHER_SIZE), key=lambda n: BASE_MODELS[n]))
+@pytest.mark.parametrize('name', sorted((n for n in MRLA_NAMES if warm_start_named(_default_name(n))),
+                                         key=lambda n: BASE_MODELS[n]))
 def test_untagged_name_loads_its_warm_start_equal_to_the_base(name, standin_cache, monkeypatch, caplog):
     """Every name whose default tag is a warm start: ``timm.create_model(name, pretrained=True)`` finds the base's
-    stand-in in the offline cache and computes exactly the base model with those weights."""
+    stand-in in the offline cache and computes exactly the base model with those weights (both in the name's
+    ``SMALL_CONFIGS`` entry where it has one)."""
     from huggingface_hub import constants
     monkeypatch.setattr(constants, 'HF_HUB_CACHE', str(standin_cache))
     monkeypatch.setattr(constants, 'HF_HUB_OFFLINE', True)
     warm_start = warm_start_named(_default_name(name))
-    base = _standin(BASE_MODELS[name])
+    base = _standin(BASE_MODELS[name], tuple(SMALL_CONFIGS.get(name, {}).items()))
     if not (standin_cache / f'models--timm--{warm_start.base}').exists():
         add_standin(standin_cache, warm_start.base, base)
     with caplog.at_level(logging.WARNING, logger='timm_mrla'):
-        model = timm.create_model(name, pretrained=True).eval()
+        model = timm.create_model(name, pretrained=True, **SMALL_CONFIGS.get(name, {})).eval()
     assert [r.getMessage() for r in caplog.records] == [
         f"{warm_start.name}: warm start from timm/{warm_start.base}: MRLA branches untrained (switched off); "
         f"computes exactly timm's {warm_start.base}; for fine-tuning"]
@@ -158,14 +154,11 @@ def test_deit_warm_start_at_another_image_size(hub_cache):
 
 def test_convnext_warm_start_is_exact_in_training_too(hub_cache):
     """ConvNeXt has no BatchNorm; its MRLA branches' own, at zero, leave timm's ConvNeXt exactly, with batch
-    statistics as at inference. A small ConvNeXt-T (LayerScale away from its 1e-6 init, so the blocks count) stands
-    in for Meta's ImageNet-1k weights."""
-    torch.manual_seed(0)
-    base = timm.create_model('convnext_tiny', **CONVNEXT_SMALL)
-    for block in (b for stage in base.stages for b in stage.blocks):
-        torch.nn.init.uniform_(block.gamma, 0.5, 1.5)
+    statistics as at inference. A small ConvNeXt-T stands in for Meta's ImageNet-1k weights."""
+    small = SMALL_CONFIGS['convnext_tiny_mrla']
+    base = standin_model('convnext_tiny', **small)
     add_standin(hub_cache, 'convnext_tiny.fb_in1k', base)
-    model = timm.create_model('convnext_tiny_mrla.fb_in1k_warmstart', pretrained=True, **CONVNEXT_SMALL)
+    model = timm.create_model('convnext_tiny_mrla.fb_in1k_warmstart', pretrained=True, **small)
     x = _input('convnext_tiny')
     with torch.no_grad():
         assert _relative_max_diff(model.eval()(x), base.eval()(x)) <= 1e-5
@@ -182,12 +175,16 @@ def test_missing_base_repository_offline(hub_cache):
 
 
 def test_base_repository_from_the_loopback_server(online, tmp_path, caplog):
-    base = standin_model('resnet18')
-    online.add_repo(write_standin_folder(tmp_path / 'standin', 'resnet18.a1_in1k', base), 'timm/resnet18.a1_in1k')
-    model = timm.create_model('resnet18_mrla', pretrained=True).eval()
-    x = _input('resnet18')
-    with torch.no_grad():
-        assert _relative_max_diff(model(x), base(x)) <= 1e-5
+    # a CNN, and a ViT variant's base (DeiT-III: LayerScale) in its small configuration
+    for name, base_name in (('resnet18_mrla', 'resnet18.a1_in1k'),
+                            ('deit3_small_patch16_224_mrla', 'deit3_small_patch16_224.fb_in1k')):
+        small = SMALL_CONFIGS.get(name, {})
+        base = standin_model(base_name.split('.')[0], **small)
+        online.add_repo(write_standin_folder(tmp_path / name, base_name, base), f'timm/{base_name}')
+        model = timm.create_model(name, pretrained=True, **small).eval()
+        x = _input(name)
+        with torch.no_grad():
+            assert _relative_max_diff(model(x), base(x)) <= 1e-5
     # a base repository the server does not have
     with pytest.raises(WeightsUnavailableError, match=r"'model.safetensors' of timm/resnet34.a1_in1k.*has no "
                                                       r"repository timm/resnet34.a1_in1k.*Check the name"):

@@ -98,7 +98,7 @@ def test_model_cards_lists_every_weight():
         assert f'| `{w.name}` | `{w.base}` | `timm/{w.base}` |' in text
 
 
-@pytest.mark.parametrize('name', ['resnet18_mrla.fmnist', 'tf_efficientnet_lite0_mrla.in1k_ft_fmnist'])
+@pytest.mark.parametrize('name', ['resnet18_mrla.fmnist'] + [f'tf_efficientnet_lite{i}_mrla.in1k_ft_fmnist' for i in range(3)])
 def test_fashion_mnist_weights_classify_real_test_images(name, hub_cache):
     """A published Fashion-MNIST weight, laid out offline from hub/weights/ and loaded by its tag through the Hub
     code path with its own preprocessing, classifies the first 200 real Fashion-MNIST test images as well as its

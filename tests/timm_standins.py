@@ -19,7 +19,9 @@ from typing import Iterable, List
 
 import timm
 import torch
+from timm.layers import LayerScale
 from timm.models import save_for_hf
+from timm.models.convnext import ConvNeXtBlock
 
 from timm_mrla.hub.cache import add_to_cache
 
@@ -27,14 +29,33 @@ STANDIN_README = ('# STAND-IN for {repo_id}\n\nRandom weights of `{arch}` in tim
                   'tests in place of timm\'s real file; not trained, not timm\'s.\n')
 
 
-def standin_model(arch: str) -> torch.nn.Module:
-    """Random weights of timm's ``arch`` (the same on every call), BatchNorm statistics made non-trivial."""
+# small configurations of the MRLA models that extend a timm variant of a family tested at full size: what their
+# tests check is that each base's own arguments are mirrored, which a shallow model shows as well as a full one.
+# ConvNeXt's, in a few blocks with widths of whole 32-channel heads: its branch is the CNN one, tested at full size in
+# the ResNets
+SMALL_CONFIGS = {
+    **{name: dict(layers=(1, 1, 1, 1)) for name in ('resnet50d_mrla', 'resnet101d_mrla', 'seresnet50_mrla',
+                                                     'resnext50_32x4d_mrla', 'wide_resnet50_2_mrla')},
+    **{name: dict(depth=2) for name in ('vit_small_patch16_224_mrla', 'vit_base_patch16_224_mrla',
+                                        'deit3_small_patch16_224_mrla')},
+    **{name: dict(depths=(1, 1, 2, 1), dims=(32, 64, 96, 128)) for name in ('convnext_tiny_mrla', 'convnext_small_mrla',
+                                                                          'convnext_base_mrla')},
+}
+
+
+def standin_model(arch: str, **kwargs) -> torch.nn.Module:
+    """Random weights of timm's ``arch`` (built with ``kwargs``; the same on every call), BatchNorm statistics and
+    LayerScale made non-trivial."""
     torch.manual_seed(zlib.crc32(arch.encode()))
-    model = timm.create_model(arch).eval()
+    model = timm.create_model(arch, **kwargs).eval()
     for module in model.modules():  # trained-looking statistics, so the norms' running values matter
         if isinstance(module, torch.nn.BatchNorm2d):
             module.running_mean.uniform_(-0.5, 0.5)
             module.running_var.uniform_(0.5, 2.0)
+        if isinstance(module, LayerScale):  # trained gammas are far from their 1e-6 init
+            module.gamma.data.uniform_(0.1, 1.0)
+        if isinstance(module, ConvNeXtBlock) and module.gamma is not None:  # ConvNeXt's LayerScale, a bare parameter
+            module.gamma.data.uniform_(0.1, 1.0)
     return model
 
 

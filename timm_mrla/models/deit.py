@@ -14,13 +14,22 @@ per head. Two quirks of the authors' models are kept, as their checkpoints depen
   cache restarts every 4 blocks (blocks 0, 4, 8 begin a group);
 * the authors' MRLA-base model uses a constant drop-path rate of 0.1 in every block; ours takes
   ``drop_path_rate`` as that constant rate, 0.1 by default (MRLA-light keeps timm's linear rule).
+
+The same MRLA-light block extends timm's other ViTs, built with their timm base model's exact arguments so that
+timm's weights load as a warm start: ``vit_{small,base}_patch16_224_mrla`` (AugReg weights; the same
+architecture as DeiT, other pretrained configs) and ``deit3_small_patch16_224_mrla`` (DeiT-III: LayerScale
+``init_values``, position embeddings without the class token). In DeiT-III the MRLA branch sits after the
+block's second residual add, outside both LayerScales: ``ls1``/``ls2`` keep scaling exactly the attention and
+MLP outputs they were trained on, and the branch is gated by its own LayerNorms (zero in a warm start), not by a
+LayerScale whose trained values (~1e-6 at init, small after training) would shrink its output and its gradients.
 """
+from functools import partial
 from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
 
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, IMAGENET_INCEPTION_MEAN, IMAGENET_INCEPTION_STD
 from timm.layers import DropPath, LayerNorm
 from timm.models import VisionTransformer, build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
@@ -264,22 +273,29 @@ class MRLABaseVisionTransformer(MRLAVisionTransformer):
         return x, intermediates
 
 
-def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: nn.Module) -> Dict[str, torch.Tensor]:
+def checkpoint_filter_fn(
+        state_dict: Dict[str, torch.Tensor],
+        model: nn.Module,
+        adapt_layer_scale: bool = False,
+) -> Dict[str, torch.Tensor]:
     """Map a state dict of the authors' ``ViT_mrlal`` / ``ViT_mrlab`` (deit/main.py) onto ours; the base timm
     model's weights become a warm start (``with_mrla_switched_off``)."""
-    # then timm's ViT filter, as for timm's DeiT: position embeddings resampled for another img_size
-    state_dict = vit_checkpoint_filter_fn(remap_state_dict(state_dict, model, _AUTHORS_KEY_RULES), model)
+    # then timm's ViT filter, as for timm's own model: position embeddings resampled for another img_size,
+    # DeiT-III's original gamma_1/gamma_2 keys renamed where adapt_layer_scale (as timm's _create_deit does)
+    state_dict = vit_checkpoint_filter_fn(remap_state_dict(state_dict, model, _AUTHORS_KEY_RULES), model,
+                                          adapt_layer_scale=adapt_layer_scale)
     return with_mrla_switched_off(state_dict, model)
 
 
 def _create_mrla_deit(variant: str, pretrained: bool = False, **kwargs) -> MRLAVisionTransformer:
     base = kwargs.pop('mrla_base', False)
+    adapt_layer_scale = kwargs.pop('adapt_layer_scale', False)
     out_indices = kwargs.pop('out_indices', 3)
     return build_mrla_model(
         MRLABaseVisionTransformer if base else MRLAVisionTransformer,
         variant,
         pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
+        pretrained_filter_fn=partial(checkpoint_filter_fn, adapt_layer_scale=adapt_layer_scale),
         feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
         **kwargs,
     )
@@ -307,6 +323,9 @@ BASE_MODELS = {
     'deit_tiny_mrla_base': 'deit_tiny_patch16_224',
     'deit_small_mrla_base': 'deit_small_patch16_224',
     'deit_base_mrla_base': 'deit_base_patch16_224',
+    'vit_small_patch16_224_mrla': 'vit_small_patch16_224',
+    'vit_base_patch16_224_mrla': 'vit_base_patch16_224',
+    'deit3_small_patch16_224_mrla': 'deit3_small_patch16_224',
 }
 
 default_cfgs = generate_default_cfgs(pretrained_cfgs({
@@ -317,6 +336,10 @@ default_cfgs = generate_default_cfgs(pretrained_cfgs({
     'deit_tiny_mrla_base': _cfg(),
     'deit_small_mrla_base': _cfg(),
     'deit_base_mrla_base': _cfg(),
+    # the data configs of timm's ViT and DeiT-III families (a warm start takes its own base tag's)
+    'vit_small_patch16_224_mrla': _cfg(crop_pct=0.9, mean=IMAGENET_INCEPTION_MEAN, std=IMAGENET_INCEPTION_STD),
+    'vit_base_patch16_224_mrla': _cfg(crop_pct=0.9, mean=IMAGENET_INCEPTION_MEAN, std=IMAGENET_INCEPTION_STD),
+    'deit3_small_patch16_224_mrla': _cfg(crop_pct=0.9),
 }, BASE_MODELS))
 
 _TINY = dict(patch_size=16, embed_dim=192, depth=12, num_heads=3)
@@ -364,3 +387,24 @@ def deit_small_mrla_base(pretrained: bool = False, **kwargs) -> MRLABaseVisionTr
 def deit_base_mrla_base(pretrained: bool = False, **kwargs) -> MRLABaseVisionTransformer:
     """DeiT-Base with MRLA-base (the authors' ``deit_mrlab_base_patch16_224``)."""
     return _create_mrla_deit('deit_base_mrla_base', pretrained, mrla_base=True, **dict(_BASE, **kwargs))
+
+
+@register_model
+def vit_small_patch16_224_mrla(pretrained: bool = False, **kwargs) -> MRLAVisionTransformer:
+    """ViT-S/16 (timm's ``vit_small_patch16_224``, AugReg weights) with MRLA-light."""
+    return _create_mrla_deit('vit_small_patch16_224_mrla', pretrained, **dict(_SMALL, **kwargs))
+
+
+@register_model
+def vit_base_patch16_224_mrla(pretrained: bool = False, **kwargs) -> MRLAVisionTransformer:
+    """ViT-B/16 (timm's ``vit_base_patch16_224``, AugReg weights) with MRLA-light."""
+    return _create_mrla_deit('vit_base_patch16_224_mrla', pretrained, **dict(_BASE, **kwargs))
+
+
+@register_model
+def deit3_small_patch16_224_mrla(pretrained: bool = False, **kwargs) -> MRLAVisionTransformer:
+    """DeiT-III Small (timm's ``deit3_small_patch16_224``) with MRLA-light after each block's LayerScaled residual
+    adds (see the module doc)."""
+    model_args = dict(_SMALL, no_embed_class=True, init_values=1e-6)
+    return _create_mrla_deit('deit3_small_patch16_224_mrla', pretrained, adapt_layer_scale=True,
+                             **dict(model_args, **kwargs))

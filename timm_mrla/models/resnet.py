@@ -10,6 +10,12 @@ Authors' code: https://github.com/joyfang1106/MRLA
   cache that restarts at each stage, 16 channels per head, and the authors' deep 3x3 stem (timm's
   ``stem_type='deep'``, ``stem_width=32``). This follows ``resnet_mrla_base.py``, the file the authors'
   package imports; their sibling ``resnet_mrla_base22.py`` (no ReLU, 7x7 stem) is not ported.
+* The same MRLA-light on timm's ResNet variants, each built with its timm base model's exact arguments so that
+  timm's weights of it load as a warm start: ResNet-D (``resnet50d_mrla``, ``resnet101d_mrla``: deep stem,
+  average-pool downsample), SE-ResNet (``seresnet50_mrla``: MRLA after the residual add that follows the SE
+  gate, as RLA-Net combines them), ResNeXt (``resnext50_32x4d_mrla``) and Wide ResNet (``wide_resnet50_2_mrla``).
+  Cardinality and base width change only the bottleneck's inner width: MRLA sees the block output,
+  ``planes * 4`` channels, as in ResNet-50.
 
 ``drop_path_rate`` is applied as the authors do: one constant rate on the MRLA branch only, no stochastic
 depth on the residual branch.
@@ -283,6 +289,11 @@ BASE_MODELS = {
     'resnet152_mrla': 'resnet152',
     'resnet50_mrla_base': 'resnet50c',
     'resnet101_mrla_base': 'resnet101c',
+    'resnet50d_mrla': 'resnet50d',
+    'resnet101d_mrla': 'resnet101d',
+    'seresnet50_mrla': 'seresnet50',
+    'resnext50_32x4d_mrla': 'resnext50_32x4d',
+    'wide_resnet50_2_mrla': 'wide_resnet50_2',
 }
 
 default_cfgs = generate_default_cfgs(pretrained_cfgs({
@@ -293,6 +304,11 @@ default_cfgs = generate_default_cfgs(pretrained_cfgs({
     'resnet152_mrla': _cfg(),
     'resnet50_mrla_base': _cfg(first_conv='conv1.0'),
     'resnet101_mrla_base': _cfg(first_conv='conv1.0'),
+    'resnet50d_mrla': _cfg(first_conv='conv1.0'),
+    'resnet101d_mrla': _cfg(first_conv='conv1.0'),
+    'seresnet50_mrla': _cfg(),
+    'resnext50_32x4d_mrla': _cfg(),
+    'wide_resnet50_2_mrla': _cfg(),
 }, BASE_MODELS))
 
 
@@ -343,3 +359,38 @@ def resnet101_mrla_base(pretrained: bool = False, **kwargs) -> MRLABaseResNet:
     """ResNet-101 with MRLA-base and a deep stem (the authors' ``resnet101_mrlab``)."""
     model_args = dict(block=MRLABaseBottleneck, layers=(3, 4, 23, 3), stem_width=32, stem_type='deep')
     return _create_mrla_resnet('resnet101_mrla_base', pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def resnet50d_mrla(pretrained: bool = False, **kwargs) -> MRLAResNet:
+    """ResNet-50-D (timm's ``resnet50d``: deep stem, average-pool downsample) with MRLA-light."""
+    model_args = dict(block=MRLABottleneck, layers=(3, 4, 6, 3), stem_width=32, stem_type='deep', avg_down=True)
+    return _create_mrla_resnet('resnet50d_mrla', pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def resnet101d_mrla(pretrained: bool = False, **kwargs) -> MRLAResNet:
+    """ResNet-101-D (timm's ``resnet101d``: deep stem, average-pool downsample) with MRLA-light."""
+    model_args = dict(block=MRLABottleneck, layers=(3, 4, 23, 3), stem_width=32, stem_type='deep', avg_down=True)
+    return _create_mrla_resnet('resnet101d_mrla', pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def seresnet50_mrla(pretrained: bool = False, **kwargs) -> MRLAResNet:
+    """SE-ResNet-50 (timm's ``seresnet50``) with MRLA-light after each block's SE gate and residual add."""
+    model_args = dict(block=MRLABottleneck, layers=(3, 4, 6, 3), block_args=dict(attn_layer='se'))
+    return _create_mrla_resnet('seresnet50_mrla', pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def resnext50_32x4d_mrla(pretrained: bool = False, **kwargs) -> MRLAResNet:
+    """ResNeXt-50 32x4d (timm's ``resnext50_32x4d``) with MRLA-light."""
+    model_args = dict(block=MRLABottleneck, layers=(3, 4, 6, 3), cardinality=32, base_width=4)
+    return _create_mrla_resnet('resnext50_32x4d_mrla', pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def wide_resnet50_2_mrla(pretrained: bool = False, **kwargs) -> MRLAResNet:
+    """Wide ResNet-50-2 (timm's ``wide_resnet50_2``) with MRLA-light."""
+    model_args = dict(block=MRLABottleneck, layers=(3, 4, 6, 3), base_width=128)
+    return _create_mrla_resnet('wide_resnet50_2_mrla', pretrained, **dict(model_args, **kwargs))
