@@ -175,9 +175,10 @@ def test_missing_base_repository_offline(hub_cache):
 
 
 def test_base_repository_from_the_loopback_server(online, tmp_path, caplog):
-    # a CNN, and a ViT variant's base (DeiT-III: LayerScale) in its small configuration
+    # a CNN, a ViT variant's base (DeiT-III: LayerScale) and a ConvNeXt's, in their small configurations
     for name, base_name in (('resnet18_mrla', 'resnet18.a1_in1k'),
-                            ('deit3_small_patch16_224_mrla', 'deit3_small_patch16_224.fb_in1k')):
+                            ('deit3_small_patch16_224_mrla', 'deit3_small_patch16_224.fb_in1k'),
+                            ('convnext_tiny_mrla', 'convnext_tiny.in12k_ft_in1k')):
         small = SMALL_CONFIGS.get(name, {})
         base = standin_model(base_name.split('.')[0], **small)
         online.add_repo(write_standin_folder(tmp_path / name, base_name, base), f'timm/{base_name}')
