@@ -63,6 +63,32 @@ def test_folded_equals_reference_with_gradients(channels_last, captured, monkeyp
         torch.testing.assert_close(g, g_ref, **FP32)
 
 
+@pytest.mark.parametrize('captured', [False, True], ids=['eager', 'captured'])
+@pytest.mark.parametrize('cached', [0, 2])
+def test_base_folded_equals_reference_with_gradients(cached, captured, monkeypatch):
+    """MRLA-base's inference form with an eval BatchNorm and ReLU folded in, eagerly (the norm in the attention
+    weights) and as a trace records it (the norm as a 1x1 depthwise convolution, the query's pooling a global
+    average pool), at a group's first block and with two cached blocks."""
+    monkeypatch.setattr(mrla_module, '_capturing_graph', lambda: captured)
+    torch.manual_seed(0)
+    layer = MRLABase(64, head_dim=16)
+    norm = _trained_bn(nn.BatchNorm2d(64))
+    x = torch.randn(3, 64, 9, 7, requires_grad=True)
+    keys = [torch.randn(3, 4, 16, requires_grad=True) for _ in range(cached)]
+    values = [torch.randn(3, 64, 9, 7, requires_grad=True) for _ in range(cached)]
+    out, key, value = layer.forward_folded(x, keys, values, *batchnorm_affine(norm))
+    prev_keys = torch.stack(keys, 1).flatten(2) if keys else None
+    prev_values = torch.stack(values, 1) if values else None
+    attended, ref_keys, ref_values = mrla_base_reference(layer, x, prev_keys, prev_values)
+    ref = x + torch.relu(norm(attended))
+    torch.testing.assert_close(out, ref, **FP32)
+    torch.testing.assert_close(key.flatten(1), ref_keys[:, -1], **FP32)
+    torch.testing.assert_close(value, ref_values[:, -1], **FP32)
+    tensors = [x, *keys, *values, norm.weight, norm.bias, *layer.parameters()]
+    for g, g_ref in zip(_grads(out, tensors), _grads(ref, tensors)):
+        torch.testing.assert_close(g, g_ref, **FP32)
+
+
 @pytest.mark.parametrize('make_norm, folds', [
     (lambda c: nn.BatchNorm2d(c), True),
     (lambda c: BatchNormAct2d(c, apply_act=False), True),
@@ -199,3 +225,19 @@ def test_fx_traced_model_computes_what_the_eager_one_does(name):
     x = torch.randn(2, 3, 96, 96)
     with torch.inference_mode():
         assert torch.equal(next(iter(traced(x).values())), model(x))
+
+
+def test_inference_folds_step_aside_for_training_and_observers():
+    """The DeiT block's lambda fold and the ResNet MRLA-base block's BatchNorm fold run only at inference and only
+    where nothing observes the layer (``test_models_equal_their_reference_form`` holds them to the reference)."""
+    deit = timm.create_model('deit_tiny_mrla', img_size=32, depth=1)
+    resnet = timm.create_model('resnet50_mrla_base', layers=(1, 1, 1, 1))
+    deit_block, base_block = deit.blocks[0], resnet.layer1[0]
+    assert not deit_block._folds_lambda() and base_block._folded_norm() is None
+    deit.eval(), resnet.eval()
+    assert deit_block._folds_lambda() and base_block._folded_norm() is not None
+    handles = [deit_block.mrla.register_forward_hook(lambda *args: None),
+               base_block.mrla.register_forward_hook(lambda *args: None)]
+    assert not deit_block._folds_lambda() and base_block._folded_norm() is None
+    for handle in handles:
+        handle.remove()

@@ -27,7 +27,8 @@ another (a ResNet or EfficientNet stage, the blocks of a DeiT), an ``AttentionGr
 The values are collected with hooks that exist only inside ``LayerAttentionRecorder``; the forward pass is
 the model's own, unchanged, and costs nothing outside it. Every layer's own ``query_key`` is observed, which
 every path of a layer calls (plain, BatchNorm-folded at inference, the training units; the folded path does not
-call the module itself); MRLA-base also by a forward pre-hook on each ``MRLABase`` for the cache it receives. Train and eval mode both work; the gates are those of the forward pass run.
+call the module itself); MRLA-base's ``attend`` too, for the cache it receives. Train and eval mode both work; the
+gates are those of the forward pass run.
 """
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
@@ -106,21 +107,18 @@ class LayerAttentionRecorder:
                                       f'not a timm-mrla model')
         self._calls: Dict[str, Tuple[torch.Tensor, torch.Tensor]] = {}  # each layer's query and key
         self._earlier_keys: Dict[str, List[torch.Tensor]] = {}  # the cache each MRLA-base layer received
-        self._handles = []
 
     def __enter__(self) -> 'LayerAttentionRecorder':
         for name, layer in self.layers:
             layer.query_key = self._query_key_observer(name, layer)
             if isinstance(layer, MRLABase):
-                self._handles.append(layer.register_forward_pre_hook(self._base_hook(name)))
+                layer.attend = self._attend_observer(name, layer)
         return self
 
     def __exit__(self, *exc) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
         for _, layer in self.layers:
             layer.__dict__.pop('query_key', None)
+            layer.__dict__.pop('attend', None)
 
     def _query_key_observer(self, name: str, layer: nn.Module):
         query_key = type(layer).query_key.__get__(layer)
@@ -131,10 +129,13 @@ class LayerAttentionRecorder:
             return q, k
         return observed
 
-    def _base_hook(self, name: str):
-        def hook(layer: MRLABase, args: tuple) -> None:
-            self._earlier_keys[name] = [key.detach() for key in args[1]]
-        return hook
+    def _attend_observer(self, name: str, layer: MRLABase):
+        attend = type(layer).attend.__get__(layer)
+
+        def observed(x: torch.Tensor, keys: List[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            self._earlier_keys[name] = [key.detach() for key in keys]
+            return attend(x, keys)
+        return observed
 
     def groups(self) -> List[AttentionGroup]:
         """One ``AttentionGroup`` per group, in the model's order, from the latest forward pass."""

@@ -95,7 +95,11 @@ class _MRLAProjections(nn.Module):
 
     def query_key(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """[B, C, H, W] -> query, key, each [B, num_heads, head_dim]."""
-        y = x.mean((2, 3)).unsqueeze(1)  # [B, 1, C]
+        if _capturing_graph():
+            # a global average pool, which ONNX Runtime runs on its blocked layout: no copy of x out of it
+            y = F.adaptive_avg_pool2d(x, 1).flatten(1).unsqueeze(1)
+        else:
+            y = x.mean((2, 3)).unsqueeze(1)  # [B, 1, C]
         # both 1-channel convolutions in one call: the pair is tiny, so per-call overhead is its cost
         qk = F.conv1d(y, torch.cat([self.q.weight, self.k.weight]), padding=self.kernel_size // 2)
         q, k = qk.unflatten(-1, (self.num_heads, self.head_dim)).unbind(1)
@@ -219,6 +223,33 @@ class MRLABase(_MRLAProjections):
             raise ValueError(f'MRLABase cache holds {len(keys)} keys but {len(values)} values')
         attn, k, v = self.attend(x, keys)
         return weighted_values(attn, values + [v], self.head_dim), k, v
+
+    def forward_folded(self, x: torch.Tensor, keys: List[torch.Tensor], values: List[torch.Tensor],
+                       scale: torch.Tensor, shift: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``forward``'s output ``out`` as ``x + ReLU(scale * out + shift)`` (the ResNet MRLA-base block: a frozen
+        per-channel affine norm, an eval BatchNorm, then ReLU and the residual add), with this block's key and value.
+
+        Eagerly the norm's scale folds into the attention weights and its shift into the first product: one pass
+        per value, then one for ReLU and the residual. A trace or an export records the norm and ReLU as a 1x1
+        depthwise convolution with static weights: ONNX Runtime fuses the activation into it and, because the
+        branch then ends in a convolution, keeps the block's output and residual add in its blocked layout
+        (measured in BENCHMARKS.md).
+        """
+        if len(keys) != len(values):
+            raise ValueError(f'MRLABase cache holds {len(keys)} keys but {len(values)} values')
+        attn, k, v = self.attend(x, keys)
+        values = values + [v]
+        if _capturing_graph():
+            summed = weighted_values(attn, values, self.head_dim)
+            kernel = scale.to(x.dtype).reshape(-1, 1, 1, 1)
+            return x + F.relu(F.conv2d(summed, kernel, shift.to(x.dtype), groups=self.dim)), k, v
+        scale = scale.to(attn.dtype)[:, None, None]
+        out = torch.addcmul(shift.to(x.dtype)[:, None, None], values[0],
+                            (expand_heads(attn[:, 0], self.head_dim) * scale).to(x.dtype))
+        for t in range(1, len(values)):
+            out = out.addcmul_(values[t], (expand_heads(attn[:, t], self.head_dim) * scale).to(x.dtype))
+        out = out.relu_()
+        return (x + out if out.requires_grad else out.add_(x)), k, v  # relu_ keeps its output for backward
 
 
 def batchnorm_affine(norm: nn.Module) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:

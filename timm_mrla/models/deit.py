@@ -28,6 +28,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, IMAGENET_INCEPTION_MEAN, IMAGENET_INCEPTION_STD
 from timm.layers import DropPath, LayerNorm
@@ -38,7 +39,8 @@ from timm.models.vision_transformer import Block
 from timm.models.vision_transformer import checkpoint_filter_fn as vit_checkpoint_filter_fn
 
 from timm_mrla.layers import MRLABase, MRLALight
-from timm_mrla.layers.light_train import token_light
+from timm_mrla.layers.light_train import _plain_layer_norm, token_light
+from timm_mrla.layers.recompute import observed
 from timm_mrla.hub import pretrained_cfgs
 from ._helpers import (AuthorsLayoutMixin, build_mrla_model, lambda_no_weight_decay, remap_state_dict,
                        with_mrla_switched_off)
@@ -101,12 +103,32 @@ class MRLALightBlock(Block):
         x_norm = self.norm_mrla(x)
         prev_tokens = prev[:, num_prefix_tokens:]
         x_grid = _to_grid(x_norm[:, num_prefix_tokens:], grid)
+        if not torch.jit.is_scripting():
+            if self._folds_lambda():
+                out = self._folded_lambda_branch(x_grid, prev_tokens)
+                return x + torch.cat([x_norm[:, :num_prefix_tokens], out], dim=1)
         prev_grid = _to_grid(self.norm_mrla_prev(prev_tokens), grid)
         if torch.jit.is_scripting():
             out = self.mrla(x_grid, prev_grid)
         else:
             out = token_light(x_grid, prev_grid, self.mrla, x, self.norm_mrla, prev_tokens, self.norm_mrla_prev)
         return x + torch.cat([x_norm[:, :num_prefix_tokens], _to_tokens(out)], dim=1)
+
+    def _folds_lambda(self) -> bool:
+        """At inference, with a plain LayerNorm and nobody observing the layer or the norm."""
+        return (not self.mrla.training and _plain_layer_norm(self.norm_mrla_prev)
+                and not any(observed(m) for m in (self.mrla, self.norm_mrla_prev)))
+
+    def _folded_lambda_branch(self, x_grid: torch.Tensor, prev_tokens: torch.Tensor) -> torch.Tensor:
+        """The MRLA output's patch tokens [B, H*W, C] with ``lambda * LN_prev(prev)`` as one LayerNorm whose affine
+        parameters carry lambda: one pass fewer, and the term stays in token layout (an exported graph has one
+        Transpose and one Mul fewer per block)."""
+        norm, lambda_t = self.norm_mrla_prev, self.mrla.lambda_t
+        weight = lambda_t if norm.weight is None else norm.weight * lambda_t
+        bias = None if norm.bias is None else norm.bias * lambda_t
+        prev_term = F.layer_norm(prev_tokens, norm.normalized_shape, weight.to(prev_tokens.dtype),
+                                 None if bias is None else bias.to(prev_tokens.dtype), norm.eps)
+        return torch.addcmul(prev_term, _to_tokens(self.mrla.value(x_grid)), _to_tokens(self.mrla.gate(x_grid)))
 
 
 class MRLABaseBlock(Block):

@@ -30,8 +30,9 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath
 from timm.models import BasicBlock, Bottleneck, ResNet, build_model_with_cfg, generate_default_cfgs, register_model
 
-from timm_mrla.layers import MRLABase, MRLALight, add_mrla_light
+from timm_mrla.layers import MRLABase, MRLALight, add_mrla_light, batchnorm_affine
 from timm_mrla.layers.base_train import ValueCache, base_branch_applies, base_branch_train
+from timm_mrla.layers.recompute import observed
 from timm_mrla.hub import pretrained_cfgs
 from ._helpers import (AuthorsLayoutMixin, build_mrla_model, lambda_no_weight_decay, remap_state_dict,
                        with_mrla_switched_off)
@@ -181,6 +182,16 @@ class MRLABaseBottleneck(MRLABottleneck):
     def _make_mrla(dim: int, head_dim: int, dd: Dict[str, Any]) -> nn.Module:
         return MRLABase(dim, head_dim=head_dim, **dd)
 
+    def _folded_norm(self) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
+        """``bn_mrla`` as ``(scale, shift)`` where the branch may fold it at inference (``MRLABase.forward_folded``):
+        an eval BatchNorm and ReLU, no drop path, nobody observing the layer, not torch.compile's inference (Inductor
+        fuses the plain branch) unless it exports."""
+        if self.drop_path_mrla.training or type(self.act_mrla) is not nn.ReLU or observed(self.mrla):
+            return None
+        if torch.compiler.is_compiling() and not torch.compiler.is_exporting():
+            return None
+        return batchnorm_affine(self.bn_mrla)
+
     def forward(
             self,
             x: torch.Tensor,
@@ -192,6 +203,9 @@ class MRLABaseBottleneck(MRLABottleneck):
             if isinstance(values, ValueCache):  # the stage chose the training path
                 attn, key, value = self.mrla.attend(out, keys)
                 return base_branch_train(out, attn, value, values, self), key, value
+            affine = self._folded_norm()
+            if affine is not None:
+                return self.mrla.forward_folded(out, keys, values, *affine)
         attn, key, value = self.mrla(out, keys, values)
         return out + self.drop_path_mrla(self.act_mrla(self.bn_mrla(attn))), key, value
 
