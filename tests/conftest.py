@@ -115,6 +115,23 @@ def hub_cache(tmp_path, monkeypatch):
     return cache
 
 
+@pytest.fixture(scope='session')
+def laid_out_zoo(tmp_path_factory):
+    """``timm-mrla zoo cache``'s offline cache, laid out once per test run: (folder, laid out, not available)."""
+    from timm_mrla.hub.offline import offline_cache
+    cache = tmp_path_factory.mktemp('zoo-cache')
+    return (cache, *offline_cache(cache))
+
+
+@pytest.fixture
+def zoo_cache(laid_out_zoo, monkeypatch):
+    """``laid_out_zoo`` as HF_HUB_CACHE, offline; for tests that only read it."""
+    from huggingface_hub import constants
+    monkeypatch.setattr(constants, 'HF_HUB_CACHE', str(laid_out_zoo[0]))
+    monkeypatch.setattr(constants, 'HF_HUB_OFFLINE', True)
+    return laid_out_zoo
+
+
 @pytest.fixture
 def online(loopback_hub, hub_cache, monkeypatch):
     """huggingface_hub pointed at the loopback Hub (HF_ENDPOINT), online, with an empty cache."""

@@ -12,7 +12,7 @@ import timm_mrla  # noqa: F401
 from timm_mrla.demo import DEMO_WEIGHT, run_demo
 from timm_mrla.hub import zoo
 from timm_mrla.hub.sync import MODEL_CARDS_PATH, sync
-from timm_mrla.hub.offline import base_repo, offline_cache, package_base_cache
+from timm_mrla.hub.offline import base_repo, package_base_cache
 from timm_mrla.warmstart import WEIGHT_PACKAGES
 from timm_mrla.hub.zoo import (MANIFEST_PATH, architecture_cfg, find_weight, parse_manifest, read_manifest,
                                warm_start_named, warm_starts)
@@ -99,11 +99,11 @@ def test_model_cards_lists_every_weight():
 
 
 @pytest.mark.parametrize('name', ['resnet18_mrla.fmnist'] + [f'tf_efficientnet_lite{i}_mrla.in1k_ft_fmnist' for i in range(3)])
-def test_fashion_mnist_weights_classify_real_test_images(name, hub_cache):
+def test_fashion_mnist_weights_classify_real_test_images(name, zoo_cache):
     """A published Fashion-MNIST weight, laid out offline from hub/weights/ and loaded by its tag through the Hub
     code path with its own preprocessing, classifies the first 200 real Fashion-MNIST test images as well as its
     card's test top-1 (on all 10,000) says, within the sampling error of 200 images (untrained: about 10%)."""
-    done, missing = offline_cache(hub_cache)
+    _, done, missing = zoo_cache
     assert name in done and not missing
     weight = {w.name: w for w in zoo()}[name]
     model = timm.create_model(name, pretrained=True).eval()
@@ -118,11 +118,11 @@ def test_fashion_mnist_weights_classify_real_test_images(name, hub_cache):
     assert abs(accuracy - test_top1) <= 0.05, (accuracy, test_top1)
 
 
-def test_lite_bases_laid_out_from_the_packages_compute_the_warm_starts(hub_cache):
+def test_lite_bases_laid_out_from_the_packages_compute_the_warm_starts(zoo_cache):
     """`zoo cache` lays out timm's tf_efficientnet_lite{0,1,2}.in1k from the packages the warm starts are built from,
     so the Lite transfer recipe starts timm's model and the MRLA warm start from the same function, also as the
     recipe adapts them (one input channel, a new 10-class head); a repository already in the cache is left alone."""
-    done, _ = offline_cache(hub_cache)
+    cache, done, _ = zoo_cache
     for package, base_arch in WEIGHT_PACKAGES.items():
         assert any(name.startswith(base_repo(package)) for name in done)
         for kwargs, x in (({}, torch.randn(2, 3, 96, 96)),
@@ -134,7 +134,7 @@ def test_lite_bases_laid_out_from_the_packages_compute_the_warm_starts(hub_cache
                                            base.forward_head(base.forward_features(x), pre_logits=True))
                 if not kwargs:
                     torch.testing.assert_close(warm_start(x), base(x))
-        assert package_base_cache(hub_cache, package) is None
+        assert package_base_cache(cache, package) is None
 
 
 def test_zoo_folder_names_an_entry_for_an_unknown_model(tmp_path, capsys):

@@ -105,32 +105,10 @@ def _zoo_cache(args: argparse.Namespace) -> int:
         raise FolderError(f'zoo cache: {cache_dir} is a file, not a folder; give a new folder or a Hub cache')
     check_creatable(cache_dir)
     done, missing = offline_cache(cache_dir)
-    _check_laid_out(cache_dir)
     print(f'laid out in {cache_dir}: {", ".join(done) or "nothing"}' +
           (f'; not available offline here: {", ".join(missing)}' if missing else ''))
     print(f'use it with: HF_HUB_OFFLINE=1 HF_HUB_CACHE={cache_dir}')
     return 0
-
-
-def _check_laid_out(cache_dir: Path) -> None:
-    """Refuse to report success over a damaged cache: what a run killed before this version of ``add_to_cache``
-    left (a half-written blob, a missing link) can survive a rerun, which keeps a laid-out snapshot it finds."""
-    from .hub.cache import repo_cache_dir, snapshot_problems
-    from .hub.folder import FOLDER_FILES
-    from .hub.offline import base_repo
-    from .hub.zoo import WEIGHTS_FILE, zoo
-    from .warmstart import WEIGHT_PACKAGES
-    wanted = [(w.repo_id(), w.revision, FOLDER_FILES) for w in zoo()] + [
-        (base_repo(package), 'main', (WEIGHTS_FILE,)) for package in WEIGHT_PACKAGES]
-    problems, damaged = [], []
-    for repo_id, revision, names in wanted:
-        if repo_cache_dir(cache_dir, repo_id).is_dir():
-            found = snapshot_problems(cache_dir, repo_id, revision, names)
-            problems += found
-            damaged += [str(repo_cache_dir(cache_dir, repo_id))] if found else []
-    if problems:
-        raise FolderError(f'zoo cache: {"; ".join(problems)}. Delete {", ".join(damaged)} and run '
-                          f'`timm-mrla zoo cache {cache_dir}` again')
 
 
 def _zoo_publish(args: argparse.Namespace) -> int:

@@ -17,9 +17,9 @@ import timm
 from timm.models import save_for_hf
 
 from ..warmstart import WEIGHT_PACKAGES
-from .cache import add_to_cache, git_commit_id, repo_cache_dir
+from .cache import add_to_cache, git_commit_id, repo_cache_dir, snapshot_problems
 from .download import WeightsIntegrityError, sha256_of
-from .folder import CARD_FILE, CONFIG_FILE, FOLDER_FILES
+from .folder import CARD_FILE, CONFIG_FILE, FOLDER_FILES, FolderError
 from .sync import REPO_ROOT
 from .zoo import WEIGHTS_FILE, ZooWeight, weights_for, zoo
 
@@ -123,4 +123,21 @@ def offline_cache(cache_dir: Path) -> Tuple[List[str], List[str]]:
         base = package_base_cache(cache_dir, package)
         if base:
             done.append(base)
+    _check_laid_out(cache_dir)
     return done, missing
+
+
+def _check_laid_out(cache_dir: Path) -> None:
+    """Refuse to report success over a damaged cache: what a run killed before this version of ``add_to_cache``
+    left (a half-written blob, a missing link) can survive a rerun, which keeps a laid-out snapshot it finds."""
+    wanted = [(w.repo_id(), w.revision, FOLDER_FILES) for w in zoo()] + [
+        (base_repo(package), 'main', (WEIGHTS_FILE,)) for package in WEIGHT_PACKAGES]
+    problems, damaged = [], []
+    for repo_id, revision, names in wanted:
+        if repo_cache_dir(cache_dir, repo_id).is_dir():
+            found = snapshot_problems(cache_dir, repo_id, revision, names)
+            problems += found
+            damaged += [str(repo_cache_dir(cache_dir, repo_id))] if found else []
+    if problems:
+        raise FolderError(f'zoo cache: {"; ".join(problems)}. Delete {", ".join(damaged)} and run '
+                          f'`timm-mrla zoo cache {cache_dir}` again')
