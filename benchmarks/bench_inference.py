@@ -23,7 +23,7 @@ import warnings
 from collections import Counter
 from functools import partial
 from pathlib import Path
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Tuple
 
 import onnxruntime
 import timm
@@ -83,10 +83,11 @@ def _op_kind(node: dict) -> str:
     return op
 
 
-def op_type_profile(model_bytes: bytes, images: torch.Tensor, threads: int, runs: int) -> Dict[str, float]:
-    """Milliseconds of kernel time per op type and run, from ONNX Runtime's profile of ``runs`` runs after one
-    warm-up run (the profile names the optimised graph's ops: NCHWc convolutions are 'Conv', fused ones 'FusedConv',
-    layout changes 'ReorderInput' / 'ReorderOutput')."""
+def op_type_profile(model_bytes: bytes, images: torch.Tensor, threads: int, runs: int
+                    ) -> Dict[str, Tuple[float, int]]:
+    """Milliseconds of kernel time per op type and run, and how many nodes of that type ran, from ONNX Runtime's
+    profile of ``runs`` runs after one warm-up run (the profile names the optimised graph's ops: NCHWc convolutions
+    are 'Conv', fused ones 'FusedConv', layout changes 'ReorderInput' / 'ReorderOutput')."""
     session = ort_session(model_bytes, threads, profile=True)
     step = ort_step(session, images)
     step()
@@ -98,10 +99,12 @@ def op_type_profile(model_bytes: bytes, images: torch.Tensor, threads: int, runs
     runs_seen = [e for e in events if e.get('name') == 'model_run']
     start_us = runs_seen[1]['ts']  # skip the warm-up run
     totals: Counter = Counter()
+    counts: Counter = Counter()
     for event in events:
         if event.get('cat') == 'Node' and event['name'].endswith('_kernel_time') and event['ts'] >= start_us:
             totals[_op_kind(event['args'])] += event['dur']
-    return {op: us / 1000 / runs for op, us in totals.items()}
+            counts[_op_kind(event['args'])] += 1
+    return {op: (us / 1000 / runs, counts[op] // runs) for op, us in totals.items()}
 
 
 def create(name: str, img_size: int) -> torch.nn.Module:
@@ -143,14 +146,16 @@ def profile_pair(name: str, args) -> str:
     profiles = {k: op_type_profile(export_onnx(create(m, args.img_size), exporter, args.img_size), images,
                                    args.threads, args.repeats)
                 for k, m in (('mrla', name), ('base', base_name))}
-    ops = sorted(set(profiles['mrla']) | set(profiles['base']),
-                 key=lambda op: profiles['base'].get(op, 0) - profiles['mrla'].get(op, 0))
+    ms = {k: {op: v[0] for op, v in p.items()} for k, p in profiles.items()}
+    nodes = {k: {op: v[1] for op, v in p.items()} for k, p in profiles.items()}
+    ops = sorted(set(ms['mrla']) | set(ms['base']), key=lambda op: ms['base'].get(op, 0) - ms['mrla'].get(op, 0))
     lines = [f'ONNX Runtime profile, {exporter} export, batch {batch_size}, kernel ms per run (mean of '
-             f'{args.repeats} runs):', '',
-             f'| op type | {name} | {base_name} | added |', '|---|---|---|---|']
+             f'{args.repeats} runs), and nodes of each type in the optimised graph:', '',
+             f'| op type | {name} | {base_name} | added | nodes ({name} / {base_name}) |', '|---|---|---|---|---|']
     for op in ops + ['total']:
-        mrla, base = (sum(p.values()) if op == 'total' else p.get(op, 0.) for p in (profiles['mrla'], profiles['base']))
-        lines.append(f'| {op} | {mrla:.1f} | {base:.1f} | {mrla - base:+.1f} |')
+        mrla, base = (sum(p.values()) if op == 'total' else p.get(op, 0.) for p in (ms['mrla'], ms['base']))
+        count = (sum(n.values()) if op == 'total' else n.get(op, 0) for n in (nodes['mrla'], nodes['base']))
+        lines.append(f'| {op} | {mrla:.1f} | {base:.1f} | {mrla - base:+.1f} | {" / ".join(map(str, count))} |')
     return '\n'.join(lines)
 
 
