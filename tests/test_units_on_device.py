@@ -1,5 +1,5 @@
-"""The training units on a CUDA device equal the plain modules (``reference_mode``): the CNN MRLA-light, DeiT's token
-MRLA-light and MRLA-base, each in a small model, one training step in fp32, fp16 autocast with GradScaler, bf16
+"""The training units on a CUDA device equal the plain modules (``reference_mode``): the CNN MRLA-light, DeiT's and
+CeiT's token MRLA-light and MRLA-base, each in a small model, one training step in fp32, fp16 autocast with GradScaler, bf16
 autocast, channels_last and torch.compile: outputs, every gradient, BatchNorm running statistics, seeded drop-path.
 
 Every mode is measured against the same model in float64 through the reference form (the truth): the units may be
@@ -88,9 +88,9 @@ def _assert_units_equal_plain_modules(name, mode):
     with reference_mode(truth):
         true, true_grads, _ = _step(truth, 'fp32', torch.float64)
     unit_node = MODELS[name][1]
-    # the units run in fp32 and in the autocast dtype where their maps are in it (not DeiT's: its LayerNorms give
-    # float32 grids); under torch.compile the compiled graph stands in for them
-    if mode in ('fp32', 'channels_last') or (mode in AUTOCAST and not name.startswith('deit')):
+    # the units run in fp32 and in the autocast dtype where their maps are in it (not DeiT's and CeiT's: their
+    # LayerNorms give float32 grids); under torch.compile the compiled graph stands in for them
+    if mode in ('fp32', 'channels_last') or (mode in AUTOCAST and not name.startswith(('deit', 'ceit'))):
         assert unit_node in nodes, f'the unit did not run in {mode}'
     assert unit_node not in plain_nodes
     value_tol, grad_tol = TOLERANCE[mode]
@@ -110,7 +110,8 @@ def _assert_units_equal_plain_modules(name, mode):
                     reason=f'DDP with SyncBatchNorm needs one GPU per rank (NCCL refuses two ranks on one device); '
                            f'{torch.cuda.device_count()} here')
 def test_ddp_sync_batchnorm(tmp_path):
-    """Two ranks, each on its own GPU, NCCL, SyncBatchNorm: the CNN units step aside (SyncBatchNorm's statistics
-    span the ranks), DeiT's token unit (LayerNorms) runs, the ranks take the same steps, and each rank's training
-    equals the same run through the reference form."""
-    assert_ranks_equal_reference(run_ranks(tmp_path, '--sync-bn'), aside=('resnet18_mrla', 'resnet50_mrla_base'))
+    """Two ranks, each on its own GPU, NCCL, SyncBatchNorm: the CNN units and CeiT's (its value's BatchNorm) step
+    aside (SyncBatchNorm's statistics span the ranks), DeiT's token unit (LayerNorms) runs, the ranks take the same
+    steps, and each rank's training equals the same run through the reference form."""
+    assert_ranks_equal_reference(run_ranks(tmp_path, '--sync-bn'),
+                                 aside=('resnet18_mrla', 'resnet50_mrla_base', 'ceit_tiny_mrla'))
