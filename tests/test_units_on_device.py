@@ -1,6 +1,7 @@
 """The training units on a CUDA device equal the plain modules (``reference_mode``): the CNN MRLA-light, DeiT's and
-CeiT's token MRLA-light and MRLA-base, each in a small model, one training step in fp32, fp16 autocast with GradScaler, bf16
-autocast, channels_last and torch.compile: outputs, every gradient, BatchNorm running statistics, seeded drop-path.
+CeiT's token MRLA-light and MRLA-base, each in a small model, one training step in fp32, fp16 autocast with
+GradScaler, bf16 autocast, channels_last and torch.compile: outputs, every gradient, BatchNorm running statistics,
+seeded drop-path.
 
 Every mode is measured against the same model in float64 through the reference form (the truth): the units may be
 off it by at most the plain modules' error in the same mode plus the mode's tolerance (relative errors; in fp16 and
@@ -99,8 +100,16 @@ def _assert_units_equal_plain_modules(name, mode):
                                              for grads in (got_grads, want_grads, true_grads))
     for kind, tensors, plain_tensors, true_tensors, tol in (('output/buffer', got, want, true, value_tol),
                                                              ('gradient', got_grads, want_grads, true_grads, grad_tol)):
+        scale = max(float(t.abs().max()) for t in true_tensors)
         for i, (a, b, t) in enumerate(zip(tensors, plain_tensors, true_tensors)):
             if torch.equal(a, t):
+                continue
+            if float(t.abs().max()) <= 1e-12 * scale:
+                # zero up to rounding (the biases of convolutions that a training BatchNorm follows, CeiT's LeFF):
+                # both paths give rounding noise, which the units may not make much larger
+                noise, plain_noise = float(a.abs().max()), float(b.abs().max())
+                assert noise <= max(2 * plain_noise, tol * scale), \
+                    f'{kind} {i}: units {noise:.1e}, plain modules {plain_noise:.1e} where the truth is 0'
                 continue
             assert rel_error(a, t) <= rel_error(b, t) + tol, \
                 f'{kind} {i}: units {rel_error(a, t):.1e}, plain modules {rel_error(b, t):.1e} off the float64 truth'
