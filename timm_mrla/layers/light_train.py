@@ -36,9 +36,10 @@ with an autograd formula may not update buffers. Under torch.compile the caller 
 the op. In eager mode ``_TokenLightNormed`` (an autograd.Function over the op's own forward, saves and backward)
 updates them before it saves: updated after the op they would be skipped where timm's gradient checkpointing
 recomputes a block (its non-reentrant checkpoint stops at the last saved tensor), while the plain BatchNorm updates
-them in both passes. The op rather than a checkpointed region as for the CNN branch under torch.compile: it keeps
-only what it keeps in eager mode (the partitioner's count, tests), where a region would have the LayerNorm's
-output to keep apart from forward's (see ``_normalised_grid``).
+them in both passes. Under torch.compile the op, as for DeiT, rather than a checkpointed region as for the CNN
+branch: it reuses DeiT's recompute and keeps what it keeps in eager mode (measured with Inductor: ceit_tiny_mrla's
+compiled step peak 1.02x plain CeiT's, against 1.12x through the plain modules; a checkpointed region was not
+built to compare).
 """
 from typing import Optional, Tuple
 
