@@ -55,8 +55,23 @@ PAIRS = {
     'deit_small_mrla_base': ('deit_small_patch16_224', None),
     'vit_small_patch16_224_mrla': ('vit_small_patch16_224', None),
     'convnext_tiny_mrla': ('convnext_tiny', None),
+    'ceit_tiny_mrla': ('ceit_tiny_mrla(mrla=False)', None),
 }
+# timm has no CeiT: its base is the same model without its MRLA branches (as in benchmarks/model_table.py)
+WITHOUT_MRLA = '(mrla=False)'
 MODES = ('eager', 'channels_last', 'bf16', 'amp', 'compile')
+
+
+def create_model(name: str, **kwargs) -> nn.Module:
+    """``timm.create_model``, where a name ending in ``(mrla=False)`` is that model without its MRLA branches."""
+    if name.endswith(WITHOUT_MRLA):
+        return timm.create_model(name[:-len(WITHOUT_MRLA)], mrla=False, **kwargs)
+    return timm.create_model(name, **kwargs)
+
+
+def size_kwargs(name: str, img_size: int) -> dict:
+    """The DeiTs' and CeiTs' position embeddings are made for one image size."""
+    return {'img_size': img_size} if name.startswith(('deit', 'ceit')) else {}
 
 
 def authors_model(spec, repo: Path) -> nn.Module:
@@ -168,14 +183,13 @@ def bench_pair(name: str, mode: str, args, device: torch.device) -> Optional[dic
     base_name, authors_spec = PAIRS[name]
     if mode == 'channels_last' and name.startswith('deit'):
         return None  # the ViTs take tokens; there is no channels-last layout to compare
-    # the ViTs' position embeddings are made for one image size
-    size_kwargs = {'img_size': args.img_size} if name.startswith('deit') else {}
-    models = {'mrla': timm.create_model(name, **size_kwargs), 'base': timm.create_model(base_name, **size_kwargs)}
+    sizes = size_kwargs(name, args.img_size)
+    models = {'mrla': create_model(name, **sizes), 'base': create_model(base_name, **sizes)}
     if args.authors_repo and authors_spec:
         models['authors'] = authors_model(authors_spec, args.authors_repo)
     runners = {k: Runner(m, mode, device, args.batch_size, args.img_size) for k, m in models.items()}
     if not args.train_only:
-        runners['reference'] = Runner(timm.create_model(name, **size_kwargs), mode, device, args.batch_size, args.img_size,
+        runners['reference'] = Runner(create_model(name, **sizes), mode, device, args.batch_size, args.img_size,
                                       reference=True)
     row = {'model': name, 'base': base_name, 'mode': mode}
     for phase in () if args.memory_only else ('train',) if args.train_only else ('infer', 'train'):
@@ -195,13 +209,13 @@ def profile_pair(name: str, mode: str, args, device: torch.device, top: int = 25
     time per step (on CUDA the time of the kernels it launched, else its CPU time), the operators MRLA adds most
     first, as a markdown table."""
     base_name, _ = PAIRS[name]
-    size_kwargs = {'img_size': args.img_size} if name.startswith('deit') else {}
+    sizes = size_kwargs(name, args.img_size)
     activities = [torch.profiler.ProfilerActivity.CPU]
     if device.type == 'cuda':
         activities.append(torch.profiler.ProfilerActivity.CUDA)
     ms: Dict[str, Dict[str, float]] = {}
     for key, model_name in (('mrla', name), ('base', base_name)):
-        runner = Runner(timm.create_model(model_name, **size_kwargs), mode, device, args.batch_size, args.img_size)
+        runner = Runner(create_model(model_name, **sizes), mode, device, args.batch_size, args.img_size)
         for _ in range(args.warmup):
             runner.train()
         with torch.profiler.profile(activities=activities) as prof:

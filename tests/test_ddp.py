@@ -1,6 +1,6 @@
 """Training under ``DistributedDataParallel`` (gloo, two local processes on the CPU): the MRLA training units (CNN
-MRLA-light, MRLA-base, DeiT's token MRLA-light) run inside DDP, both ranks end with the same weights, and each rank's
-weights and running statistics equal those of the same DDP run through the literal reference form.
+MRLA-light, MRLA-base, DeiT's and CeiT's token MRLA-light) run inside DDP, both ranks end with the same weights, and
+each rank's weights and running statistics equal those of the same DDP run through the literal reference form.
 
 Each rank trains on its own data shard with its own drop-path masks (seeded, the same in both runs of a rank), in
 float64: in float32 a few train-mode steps at a small batch amplify rounding beyond any useful tolerance. This file
@@ -36,6 +36,7 @@ MODELS = {
     'resnet50_mrla_base': (dict(layers=(1, 3, 1, 1), channels=(16, 32, 32, 64), stem_width=16), '_BaseBranchBackward'),
     'deit_tiny_mrla': (dict(img_size=32, patch_size=8, depth=2, global_pool='avg'),
                        'GeneratedBackwardFor_timm_mrla_token_light_defaultBackward'),  # the op's autograd node
+    'ceit_tiny_mrla': (dict(img_size=32, depth=2), '_TokenLightNormedBackward'),
 }
 WORLD_SIZE, STEPS, BATCH, CLASSES = 2, 3, 4, 5
 COLLECTIVE_TIMEOUT_S = 60  # a rank that waits longer on the other fails instead of hanging
@@ -138,8 +139,10 @@ def assert_ranks_equal_reference(ranks: list, aside: tuple = ()) -> None:
             assert not any(unit_node in nodes for nodes in want['nodes'])
             for kind in ('updates', 'buffers'):  # the updates: a difference in the steps is not lost in the weights
                 for key, value in got[kind].items():
-                    assert torch.equal(value, want[kind][key]) or rel_error(value, want[kind][key]) <= FP64_TOL, \
-                        f'{name}, rank {rank}: {key}'
+                    # absolute slack for updates that are zero up to rounding (~1e-17: the biases of convolutions
+                    # that a training BatchNorm follows, in CeiT's LeFF)
+                    assert torch.equal(value, want[kind][key]) or rel_error(value, want[kind][key]) <= FP64_TOL \
+                        or float((value - want[kind][key]).abs().max()) <= 1e-12, f'{name}, rank {rank}: {key}'
         # DDP averaged the gradients of both shards: the ranks took the same steps. Running statistics stay each
         # rank's own (DDP broadcasts rank 0's at the start of a forward; the last step's update is local).
         params = [results[name]['units']['params'] for results in ranks]

@@ -4,6 +4,8 @@ forms, LayerNorms with and without affine, and under gradient checkpointing, FX,
 bf16; it keeps no token map beyond the block's mid output ``x``, compiled too, and observed modules take the plain
 modules."""
 import copy
+from contextlib import contextmanager
+from typing import Iterator, List
 
 import pytest
 import timm
@@ -23,17 +25,24 @@ from test_training_path import FP32_TOL, assert_compiled_training_equals_eager, 
 DIM, GRID = 64, (5, 6)
 
 
-@pytest.fixture
-def unit_calls():
-    """How many times the op ``timm_mrla::token_light`` ran: proof that a test went through the unit."""
+@contextmanager
+def counting(op) -> Iterator[List[int]]:
+    """A list that grows by one each time the operator ``op`` runs in the block."""
     calls = []
 
     class CountCalls(TorchDispatchMode):
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            if func is torch.ops.timm_mrla.token_light.default:
+            if func is op:
                 calls.append(1)
             return func(*args, **(kwargs or {}))
     with CountCalls():
+        yield calls
+
+
+@pytest.fixture
+def unit_calls():
+    """How many times the op ``timm_mrla::token_light`` ran: proof that a test went through the unit."""
+    with counting(torch.ops.timm_mrla.token_light.default) as calls:
         yield calls
 
 
@@ -183,10 +192,16 @@ def test_compiled_block_keeps_no_token_map_beyond_x():
     keeps in eager mode; the plain modules compiled keep two more maps."""
     block = _block()
     x, _ = _tokens(1, shape=(4, 16, 16))
+    assert_compiled_unit_keeps_x_alone(x, lambda t: Block.forward(block, t), lambda t: block(t, (16, 16), 1),
+                                       lambda t: _plain(block, t, (16, 16), 1))
+
+
+def assert_compiled_unit_keeps_x_alone(x: torch.Tensor, base, unit, plain) -> None:
+    """Compiled with the partitioner Inductor uses (without Inductor's code generation), ``unit(x)`` keeps one token
+    map beyond ``base(x)`` (its LayerNorm's input ``x``) and vectors; ``plain(x)`` at least two maps more."""
     maps = x.numel() * x.element_size()
     saved = {}
-    for name, fn in (('base', lambda t: Block.forward(block, t)), ('unit', lambda t: block(t, (16, 16), 1)),
-                     ('plain', lambda t: _plain(block, t, (16, 16), 1))):
+    for name, fn in (('base', base), ('unit', unit), ('plain', plain)):
         torch._dynamo.reset()
         compiled = torch.compile(fn, backend='aot_eager_decomp_partition', fullgraph=True)
         saved[name] = _saved_bytes(lambda: compiled(x))

@@ -27,6 +27,19 @@ autograd, which keeps their inputs: ``x`` and ``prev`` (the block input, kept by
 ``x`` and ``prev`` with the same ``F.layer_norm`` calls, then the value, so the branch keeps no token map of its
 own. It is a ``torch.library`` op, in eager mode and under torch.compile alike: Dynamo records it as one opaque
 node and traces only its backward, which recomputes.
+
+CeiT blocks: the same layer on the grids of ``LN(x)`` and of the block's normalised input ``prev`` (which its
+attention keeps), with a value ``GELU(BN_train(dwconv(x)))``. Autograd would keep four token maps again (the
+normalised ``x``, the convolution's output for BatchNorm, BatchNorm's output for GELU, the value). The same op, with
+``batch_norm``, saves ``prev`` as it is and recomputes the rest, and returns BatchNorm's batch statistics, as an op
+with an autograd formula may not update buffers. Under torch.compile the caller updates the running statistics after
+the op. In eager mode ``_TokenLightNormed`` (an autograd.Function over the op's own forward, saves and backward)
+updates them before it saves: updated after the op they would be skipped where timm's gradient checkpointing
+recomputes a block (its non-reentrant checkpoint stops at the last saved tensor), while the plain BatchNorm updates
+them in both passes. Under torch.compile the op, as for DeiT, rather than a checkpointed region as for the CNN
+branch: it reuses DeiT's recompute and keeps what it keeps in eager mode (measured with Inductor: ceit_tiny_mrla's
+compiled step peak 1.02x plain CeiT's, against 1.12x through the plain modules; a checkpointed region was not
+built to compare).
 """
 from typing import Optional, Tuple
 
@@ -35,7 +48,7 @@ import torch.fx
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
-from timm.layers import DropPath, LayerNorm
+from timm.layers import BatchNormAct2d, DropPath, LayerNorm
 
 from .recompute import (average_factor, batchnorm_scale_shift, batchnorm_stats_dtype, drop_path_keep_scale,
                         is_plain_batchnorm, needs_plain_modules, observed, update_running_stats)
@@ -193,58 +206,99 @@ def _plain_layer_norm(norm: nn.Module) -> bool:
     return type(norm) is nn.LayerNorm
 
 
-def token_light_applies(x: torch.Tensor, prev: torch.Tensor, mrla: nn.Module, norm: nn.Module,
-                        prev_norm: nn.Module) -> bool:
-    """Whether ``token_light``'s unit computes exactly what ``mrla(x, prev)`` would, where ``x`` and ``prev`` are
-    the grids of ``norm`` / ``prev_norm`` outputs.
+def _token_value(mrla: nn.Module) -> Optional[Tuple[nn.GELU, Optional[nn.Module]]]:
+    """The value's GELU and its training-mode BatchNorm (None for DeiT's value, a GELU alone), when the value is one
+    of these two; None for any other value."""
+    act = mrla.value_act
+    if type(act) is nn.GELU:
+        return act, None
+    if type(act) is BatchNormAct2d and type(act.act) is nn.GELU and isinstance(act.drop, nn.Identity) and act.training:
+        return act.act, act
+    return None
 
-    That needs a training layer with a GELU value, plain LayerNorms, grad mode, grids of one dtype and shape
-    (outside any autocast of another dtype), and nobody observing the layer's modules or altering the norms'
-    outputs (hooks, a patched forward), which the recompute would miss.
+
+def token_light_applies(x: torch.Tensor, prev: torch.Tensor, mrla: nn.Module, norm: nn.Module,
+                        prev_norm: Optional[nn.Module] = None) -> bool:
+    """Whether ``token_light``'s unit computes exactly what ``mrla(x, prev)`` would, where ``x`` is the grid of a
+    ``norm`` output and ``prev`` that of a ``prev_norm`` output (or, without ``prev_norm``, a grid kept anyway).
+
+    That needs a training layer whose value is a GELU (DeiT) or a training ``BatchNormAct2d`` with GELU (CeiT; not
+    SyncBatchNorm, whose statistics span processes, with parameters and buffers in the grids' dtype), plain
+    LayerNorms, grad mode, grids of one dtype and shape (outside any autocast of another dtype), and nobody
+    observing the layer's modules or altering the norms' outputs (hooks, a patched forward), which the recompute
+    would miss.
     """
-    if not (mrla.training and _plain_layer_norm(norm) and _plain_layer_norm(prev_norm)
-            and type(mrla.value_act) is nn.GELU):
+    value = _token_value(mrla)
+    if not (mrla.training and value is not None and _plain_layer_norm(norm)
+            and (prev_norm is None or _plain_layer_norm(prev_norm))):
         return False
-    if any(observed(m) for m in (mrla, mrla.v, mrla.value_act, norm, prev_norm)):
+    act, bn = value
+    if any(observed(m) for m in (mrla, mrla.v, mrla.value_act, act, norm, prev_norm) if m is not None):
         return False
     if isinstance(x, torch.fx.Proxy) or isinstance(prev, torch.fx.Proxy):
         return True  # FX tracing: grad mode and dtypes are only known when the traced model runs
     if needs_plain_modules(x):
         return False
+    if bn is not None and any(t is not None and t.dtype != x.dtype for t in (bn.weight, bn.bias, bn.running_mean)):
+        return False  # BatchNorm's mixed-dtype kernel: left to the plain modules
     return torch.is_grad_enabled() and x.dtype == prev.dtype and x.shape == prev.shape
 
 
-@torch.library.custom_op('timm_mrla::token_light', mutates_args=())
-def _token_light_op(x: torch.Tensor, prev: torch.Tensor, gate: torch.Tensor, weight: torch.Tensor,
-                    lambda_t: torch.Tensor, approximate: str, x_src: torch.Tensor, x_weight: Optional[torch.Tensor],
-                    x_bias: Optional[torch.Tensor], x_eps: float, prev_src: torch.Tensor,
-                    prev_weight: Optional[torch.Tensor], prev_bias: Optional[torch.Tensor], prev_eps: float
-                    ) -> torch.Tensor:
-    """``lambda_t * prev + gate * GELU(dwconv3x3(x, weight))`` for the grids [B, C, H, W] ``x`` and ``prev`` of the
-    last H*W tokens of ``F.layer_norm`` outputs, saving neither: backward recomputes them from the LayerNorm
-    inputs ``x_src`` [B, prefix + H*W, C] and ``prev_src`` [B, H*W, C] with the same calls and views.
+def _normed_value(value: torch.Tensor, mean: torch.Tensor, var: torch.Tensor, weight: Optional[torch.Tensor],
+                  bias: Optional[torch.Tensor], eps: float, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """BatchNorm of ``value`` with its batch ``mean`` and biased ``var``: forward and its recompute alike."""
+    scale, shift = batchnorm_scale_shift(mean, torch.rsqrt(var + eps), weight, bias, None)
+    return torch.addcmul(shift, value, scale, out=out)
 
-    A torch.library op, so that torch.compile treats it as one opaque node and traces only its backward, which
-    recomputes. The output has ``prev``'s layout (a token-major grid stays one).
+
+def _token_light_forward(x: torch.Tensor, prev: torch.Tensor, gate: torch.Tensor, weight: torch.Tensor,
+                         lambda_t: torch.Tensor, approximate: str, x_src: torch.Tensor,
+                         x_weight: Optional[torch.Tensor], x_bias: Optional[torch.Tensor], x_eps: float,
+                         prev_src: Optional[torch.Tensor], prev_weight: Optional[torch.Tensor],
+                         prev_bias: Optional[torch.Tensor], prev_eps: float, batch_norm: bool,
+                         bn_weight: Optional[torch.Tensor], bn_bias: Optional[torch.Tensor], bn_eps: float
+                         ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``lambda_t * prev + gate * GELU(BN(dwconv3x3(x, weight)))`` for the grids [B, C, H, W] ``x`` and ``prev``,
+    BN a training BatchNorm with batch statistics (without ``batch_norm``, none: DeiT's value). ``x`` is the grid of
+    the last H*W tokens of an ``F.layer_norm`` output and is not saved: backward recomputes it from the LayerNorm
+    input ``x_src`` [B, prefix + H*W, C] with the same call and views; so is ``prev`` from ``prev_src`` [B, H*W, C]
+    where that is given, else ``prev`` is saved (CeiT's, the block's normalised input, which its attention keeps).
+
+    Returns the output, in ``prev``'s layout (a token-major grid stays one), and BatchNorm's batch mean and biased
+    variance (empty without ``batch_norm``), from which the caller updates the running statistics: an op with an
+    autograd formula may not mutate its inputs. A torch.library op, so that torch.compile treats it as one opaque
+    node and traces only its backward, which recomputes.
     """
     channels = x.shape[1]
     value = F.conv2d(x, weight.to(x.dtype), None, 1, 1, 1, channels)
+    if batch_norm:
+        mean, var = torch.batch_norm_update_stats(value, None, None, 0.)
+        _normed_value(value, mean, var, bn_weight, bn_bias, bn_eps, out=value)
+    else:
+        mean, var = value.new_empty(0), value.new_empty(0)
     torch.ops.aten.gelu_(value, approximate=approximate)
     out = torch.empty_like(prev)  # the layout the op's fake promises
-    return torch.mul(lambda_t.to(x.dtype)[:, None, None], prev, out=out).addcmul_(value, gate)
+    return torch.mul(lambda_t.to(x.dtype)[:, None, None], prev, out=out).addcmul_(value, gate), mean, var
+
+
+_token_light_op = torch.library.custom_op('timm_mrla::token_light', _token_light_forward, mutates_args=())
 
 
 @_token_light_op.register_fake
 def _(x, prev, gate, weight, lambda_t, approximate, x_src, x_weight, x_bias, x_eps, prev_src, prev_weight,
-      prev_bias, prev_eps):
-    return torch.empty_like(prev)
+      prev_bias, prev_eps, batch_norm, bn_weight, bn_bias, bn_eps):
+    stats = x.shape[1] if batch_norm else 0
+    return torch.empty_like(prev), x.new_empty(stats), x.new_empty(stats)
 
 
 def _token_light_save(ctx, inputs, output):
-    (x, _, gate, weight, lambda_t, approximate, x_src, x_weight, x_bias, x_eps, prev_src, prev_weight, prev_bias,
-     prev_eps) = inputs
-    ctx.save_for_backward(gate, weight, lambda_t, x_src, x_weight, x_bias, prev_src, prev_weight, prev_bias)
+    (x, prev, gate, weight, lambda_t, approximate, x_src, x_weight, x_bias, x_eps, prev_src, prev_weight, prev_bias,
+     prev_eps, batch_norm, bn_weight, bn_bias, bn_eps) = inputs
+    _, mean, var = output
+    ctx.save_for_backward(gate, weight, lambda_t, x_src, x_weight, x_bias, prev if prev_src is None else prev_src,
+                          prev_weight, prev_bias, bn_weight, bn_bias, mean, var)
     ctx.approximate, ctx.x_eps, ctx.prev_eps, ctx.grid = approximate, x_eps, prev_eps, tuple(x.shape[2:])
+    ctx.prev_recomputed, ctx.batch_norm, ctx.bn_eps = prev_src is not None, batch_norm, bn_eps
 
 
 def _normalised_grid(tokens: torch.Tensor, grid: Tuple[int, int], weight: Optional[torch.Tensor],
@@ -256,53 +310,104 @@ def _normalised_grid(tokens: torch.Tensor, grid: Tuple[int, int], weight: Option
     return F.layer_norm(patches, patches.shape[-1:], weight, bias, eps).unflatten(1, grid).permute(0, 3, 1, 2)
 
 
-def _token_light_backward(ctx, grad_out):
-    gate, weight_param, lambda_t, x_src, x_weight, x_bias, prev_src, prev_weight, prev_bias = ctx.saved_tensors
+def _token_light_backward(ctx, grad_out, _grad_mean, _grad_var):
+    (gate, weight_param, lambda_t, x_src, x_weight, x_bias, prev, prev_weight, prev_bias, bn_weight, bn_bias, mean,
+     var) = ctx.saved_tensors
     channels = gate.shape[1]
     # the grids as forward saw them (under torch.compile forward's came from Inductor's LayerNorm)
     x = _normalised_grid(x_src, ctx.grid, x_weight, x_bias, ctx.x_eps)
-    prev = _normalised_grid(prev_src, ctx.grid, prev_weight, prev_bias, ctx.prev_eps)
+    if ctx.prev_recomputed:
+        prev = _normalised_grid(prev, ctx.grid, prev_weight, prev_bias, ctx.prev_eps)
     weight = weight_param.to(x.dtype)
     value_pre = F.conv2d(x, weight, None, 1, 1, 1, channels)
-    value = F.gelu(value_pre, approximate=ctx.approximate)
-    # per-channel sums and gradients through the dead buffers, not fresh products
+    act_in = _normed_value(value_pre, mean, var, bn_weight, bn_bias, ctx.bn_eps) if ctx.batch_norm else value_pre
+    value = F.gelu(act_in, approximate=ctx.approximate)
+    # per-channel sums and gradients through the dead buffers, not fresh products (a saved prev is the block's own)
     grad_gate = value.mul_(grad_out).sum((2, 3), keepdim=True)
     grad_lambda = torch.mul(grad_out, prev, out=value).sum((0, 2, 3)).to(lambda_t.dtype)
-    grad_prev = torch.mul(grad_out, lambda_t.to(x.dtype)[:, None, None], out=prev)
-    grad_pre = torch.ops.aten.gelu_backward.grad_input(
-        torch.mul(grad_out, gate, out=value), value_pre, approximate=ctx.approximate, grad_input=value_pre)
+    grad_prev = torch.mul(grad_out, lambda_t.to(x.dtype)[:, None, None], out=prev if ctx.prev_recomputed else None)
+    grad_act = torch.ops.aten.gelu_backward.grad_input(
+        torch.mul(grad_out, gate, out=value), act_in, approximate=ctx.approximate, grad_input=act_in)
     del value
+    grad_bn_weight = grad_bn_bias = None
+    if ctx.batch_norm:
+        grad_act, grad_bn_weight, grad_bn_bias = torch.ops.aten.native_batch_norm_backward(
+            grad_act, value_pre, bn_weight, None, None, mean, torch.rsqrt(var + ctx.bn_eps), True, ctx.bn_eps,
+            [True, bn_weight is not None, bn_bias is not None])
     grad_x, grad_weight, _ = torch.ops.aten.convolution_backward(
-        grad_pre, x, weight, None, [1, 1], [1, 1], [1, 1], False, [0, 0], channels, [True, True, False])
-    return (grad_x, grad_prev, grad_gate, grad_weight.to(weight_param.dtype), grad_lambda, None, None, None,
-            None, None, None, None, None, None)
+        grad_act, x, weight, None, [1, 1], [1, 1], [1, 1], False, [0, 0], channels, [True, True, False])
+    return (grad_x, grad_prev, grad_gate, grad_weight.to(weight_param.dtype), grad_lambda, None, None, None, None,
+            None, None, None, None, None, None, grad_bn_weight, grad_bn_bias, None)
 
 
 _token_light_op.register_autograd(_token_light_backward, setup_context=_token_light_save)
 
 
+class _TokenLightNormed(torch.autograd.Function):
+    """``_token_light_op`` with a BatchNorm'd value, in eager mode: the same forward, saves and backward, with the
+    running statistics updated in forward before anything is saved. Updated after the op they would be skipped where
+    gradient checkpointing recomputes the block: its non-reentrant checkpoint stops the recompute at the block's last
+    saved tensor, which may be the op's, while the plain BatchNorm updates its statistics in both passes."""
+
+    @staticmethod
+    def forward(ctx, running_mean, running_var, num_batches_tracked, momentum, *inputs):
+        out, mean, var = _token_light_forward(*inputs)
+        _update_value_stats(running_mean, running_var, num_batches_tracked, momentum, mean, var, inputs[0])
+        _token_light_save(ctx, inputs, (out, mean, var))
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        return (None, None, None, None, *_token_light_backward(ctx, grad_out, None, None))
+
+
+def _update_value_stats(running_mean: Optional[torch.Tensor], running_var: Optional[torch.Tensor],
+                        num_batches_tracked: Optional[torch.Tensor], momentum: Optional[float], mean: torch.Tensor,
+                        var: torch.Tensor, x: torch.Tensor) -> None:
+    if running_mean is not None and running_var is not None:
+        update_running_stats(running_mean, running_var, average_factor(num_batches_tracked, momentum), mean, var,
+                             x.numel() // x.shape[1])
+
+
 def _token_light(x: torch.Tensor, prev: torch.Tensor, gate: torch.Tensor, weight: torch.Tensor,
                  lambda_t: torch.Tensor, approximate: str, x_src: torch.Tensor, x_weight: Optional[torch.Tensor],
-                 x_bias: Optional[torch.Tensor], x_eps: float, prev_src: torch.Tensor,
-                 prev_weight: Optional[torch.Tensor], prev_bias: Optional[torch.Tensor], prev_eps: float
-                 ) -> torch.Tensor:
-    return _token_light_op(x, prev, gate, weight, lambda_t, approximate, x_src, x_weight, x_bias, x_eps, prev_src,
-                           prev_weight, prev_bias, prev_eps)
+                 x_bias: Optional[torch.Tensor], x_eps: float, prev_src: Optional[torch.Tensor],
+                 prev_weight: Optional[torch.Tensor], prev_bias: Optional[torch.Tensor], prev_eps: float,
+                 batch_norm: bool, bn_weight: Optional[torch.Tensor], bn_bias: Optional[torch.Tensor], bn_eps: float,
+                 running_mean: Optional[torch.Tensor], running_var: Optional[torch.Tensor],
+                 num_batches_tracked: Optional[torch.Tensor], momentum: Optional[float]) -> torch.Tensor:
+    inputs = (x, prev, gate, weight, lambda_t, approximate, x_src, x_weight, x_bias, x_eps, prev_src, prev_weight,
+              prev_bias, prev_eps, batch_norm, bn_weight, bn_bias, bn_eps)
+    if batch_norm and not torch.compiler.is_compiling():
+        return _TokenLightNormed.apply(running_mean, running_var, num_batches_tracked, momentum, *inputs)
+    # compiled, the update follows the op in the graph (a compiled block is not recomputed by eager checkpointing)
+    out, mean, var = _token_light_op(*inputs)
+    if batch_norm:
+        _update_value_stats(running_mean, running_var, num_batches_tracked, momentum, mean, var, x)
+    return out
 
 
-# FX records the call as one node (it cannot name the op object itself): a traced training model runs the same unit
+# FX records the call as one node (it cannot name the op object itself; the statistics update included): a traced
+# training model runs the same unit
 torch.fx.wrap('_token_light')
 
 
 def token_light(x: torch.Tensor, prev: torch.Tensor, mrla: nn.Module, x_src: torch.Tensor, norm: nn.Module,
-                prev_src: torch.Tensor, prev_norm: nn.Module) -> torch.Tensor:
+                prev_src: Optional[torch.Tensor] = None, prev_norm: Optional[nn.Module] = None) -> torch.Tensor:
     """``mrla(x, prev)``, where ``x`` is the grid of the last H*W tokens (the patch tokens) of ``norm(x_src)`` and
-    ``prev`` that of ``prev_norm(prev_src)``. In training it runs through the op ``_token_light_op`` where
-    ``token_light_applies``, compiled or not: the norms keep ``x_src`` and ``prev_src``, the layer nothing more
-    than its gate.
+    ``prev`` that of ``prev_norm(prev_src)`` (DeiT), or without them a grid that the caller's graph keeps anyway
+    (CeiT). In training it runs through the op ``_token_light_op`` where ``token_light_applies`` (with a BatchNorm'd
+    value, in eager mode, through ``_TokenLightNormed``): the norms keep ``x_src`` and ``prev_src``, the layer
+    nothing more than its gate and, for a BatchNorm'd value, per-channel statistics. Running statistics are updated
+    as ``nn.BatchNorm2d`` updates them.
     """
     if not token_light_applies(x, prev, mrla, norm, prev_norm):
         return mrla(x, prev)
-    return _token_light(x, prev, mrla.gate(x), mrla.v.weight, mrla.lambda_t, mrla.value_act.approximate,
-                        x_src, norm.weight, norm.bias, norm.eps, prev_src, prev_norm.weight, prev_norm.bias,
-                        prev_norm.eps)
+    act, bn = _token_value(mrla)
+    track = bn is not None and bn.track_running_stats
+    return _token_light(x, prev, mrla.gate(x), mrla.v.weight, mrla.lambda_t, act.approximate, x_src, norm.weight,
+                        norm.bias, norm.eps, prev_src, getattr(prev_norm, 'weight', None),
+                        getattr(prev_norm, 'bias', None), getattr(prev_norm, 'eps', 0.), bn is not None,
+                        getattr(bn, 'weight', None), getattr(bn, 'bias', None), getattr(bn, 'eps', 0.),
+                        bn.running_mean if track else None, bn.running_var if track else None,
+                        bn.num_batches_tracked if track else None, getattr(bn, 'momentum', None))

@@ -40,6 +40,7 @@ from timm.models._manipulate import checkpoint
 from timm.models._builder import resolve_pretrained_cfg
 
 from timm_mrla.layers import MRLALight
+from timm_mrla.layers.light_train import token_light
 from timm_mrla.hub import pretrained_cfgs
 from ._helpers import AuthorsLayoutMixin, build_mrla_model, lambda_no_weight_decay, remap_state_dict
 from .deit import _to_grid, _to_tokens, split_intermediates
@@ -167,8 +168,12 @@ class CeiTMRLABlock(_AttentionBlock):
         if self.mrla is None or self.norm_mrla is None:  # plain CeiT
             return x
         x_norm = self.norm_mrla(x)
-        mrla = _to_tokens(self.mrla(_to_grid(x_norm[:, 1:], grid), _to_grid(prev[:, 1:], grid)))
-        return x + self.drop_path(torch.cat([x_norm[:, :1], mrla], dim=1))
+        x_grid, prev_grid = _to_grid(x_norm[:, 1:], grid), _to_grid(prev[:, 1:], grid)
+        if torch.jit.is_scripting():
+            mrla = self.mrla(x_grid, prev_grid)
+        else:  # in training: a unit that recomputes its maps from x and prev, which the block keeps anyway
+            mrla = token_light(x_grid, prev_grid, self.mrla, x, self.norm_mrla)
+        return x + self.drop_path(torch.cat([x_norm[:, :1], _to_tokens(mrla)], dim=1))
 
 
 class LayerClassAttention(_AttentionBlock):
