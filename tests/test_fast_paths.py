@@ -174,6 +174,29 @@ def test_reference_mode_is_undone():
     assert 'forward' not in vars(layer) and 'forward_folded' not in vars(layer)
 
 
+def test_reference_mode_reaches_a_compiled_model():
+    """torch.compile guards on a module's hooks, not on a replaced forward: without reference_mode's marker hook a
+    compiled model would keep running its fast path inside reference_mode."""
+    from torch._dynamo.testing import CompileCounter
+
+    class Branch(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.mrla, self.norm, self.drop_path = MRLALight(32, head_dim=8), nn.BatchNorm2d(32), nn.Identity()
+
+        def forward(self, x, prev):
+            return add_mrla_light(x, prev, self.mrla, self.norm, self.drop_path)
+
+    model, counter = Branch(), CompileCounter()
+    compiled = torch.compile(model, backend=counter)
+    x, prev = torch.randn(2, 32, 6, 6), torch.randn(2, 32, 6, 6)
+    compiled(x, prev)
+    frames = counter.frame_count
+    with reference_mode(model):
+        compiled(x, prev)
+    assert counter.frame_count > frames
+
+
 def _saved_bytes(fn) -> int:
     storages = {}
 

@@ -82,6 +82,10 @@ def _base_reference_from_lists(layer: MRLABase, x: torch.Tensor, keys: List[torc
     return out, all_keys[:, -1].unflatten(-1, (layer.num_heads, layer.head_dim)), all_values[:, -1]
 
 
+def _reference_marker(module: nn.Module, args: tuple) -> None:
+    """A forward pre-hook that does nothing (see ``reference_mode``)."""
+
+
 @contextmanager
 def reference_mode(model: nn.Module) -> Iterator[nn.Module]:
     """Within the block, every MRLA layer of ``model`` computes through its literal reference form.
@@ -90,6 +94,8 @@ def reference_mode(model: nn.Module) -> Iterator[nn.Module]:
     compare the two and the benchmarks time them.
     """
     layers = [m for m in model.modules() if isinstance(m, (MRLALight, MRLABase))]
+    # torch.compile does not guard on a replaced forward, but on hooks: this one makes a compiled model recompile
+    handles = [layer.register_forward_pre_hook(_reference_marker) for layer in layers]
     for layer in layers:
         if isinstance(layer, MRLALight):
             layer.forward = partial(mrla_light_reference, layer)
@@ -99,6 +105,8 @@ def reference_mode(model: nn.Module) -> Iterator[nn.Module]:
     try:
         yield model
     finally:
+        for handle in handles:
+            handle.remove()
         for layer in layers:
             layer.__dict__.pop('forward', None)
             layer.__dict__.pop('forward_folded', None)
