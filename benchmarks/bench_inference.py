@@ -3,6 +3,7 @@
     python benchmarks/bench_inference.py                                  # the four default pairs, every mode
     python benchmarks/bench_inference.py --pairs resnet50_mrla --modes onnx-legacy --repeats 20
     python benchmarks/bench_inference.py --profile resnet50_mrla          # ONNX Runtime's time per op type
+    python benchmarks/bench_inference.py --profile resnet50_mrla --modes compile   # torch.profiler, compiled
 
 Each pair runs in a fresh process. The MRLA model and its base (``bench.py``'s ``PAIRS``) are put in ``eval()``, run
 under ``torch.inference_mode()`` (eager, and ``torch.compile``d) or exported the same way to ONNX with a dynamic
@@ -107,6 +108,33 @@ def op_type_profile(model_bytes: bytes, images: torch.Tensor, threads: int, runs
     return {op: (us / 1000 / runs, counts[op] // runs) for op, us in totals.items()}
 
 
+def _torch_op_kind(event) -> str:
+    """A profiled torch op's kind: its name, depthwise convolutions apart, Inductor's fused kernels as one kind."""
+    if 'cpp_fused' in event.name:
+        return 'Inductor fused kernels'
+    shapes = event.input_shapes or []
+    if 'convolution' in event.name and len(shapes) > 1 and len(shapes[1]) == 4 and shapes[1][1] == 1 \
+            and shapes[1][0] > 1:
+        return f'{event.name} (depthwise)'
+    return event.name
+
+
+def torch_op_profile(forward: Callable, images: torch.Tensor, runs: int) -> Dict[str, Tuple[float, int]]:
+    """Self CPU milliseconds per op kind and run, and calls per run, from torch.profiler over ``runs`` runs after one
+    warm-up run (with Inductor's kernel profiling on, so that its fused C++ kernels are named)."""
+    step = torch_step(forward, images)
+    step()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True) as prof:
+        for _ in range(runs):
+            step()
+    totals: Counter = Counter()
+    counts: Counter = Counter()
+    for event in prof.events():
+        totals[_torch_op_kind(event)] += event.self_cpu_time_total
+        counts[_torch_op_kind(event)] += 1
+    return {op: (us / 1000 / runs, counts[op] // runs) for op, us in totals.items() if us / runs >= 50}
+
+
 def create(name: str, img_size: int) -> torch.nn.Module:
     return timm.create_model(name, **({'img_size': img_size} if name.startswith('deit') else {})).eval()
 
@@ -138,20 +166,29 @@ def bench_pair(name: str, args) -> List[dict]:
 
 def profile_pair(name: str, args) -> str:
     """Markdown table: ONNX Runtime's kernel milliseconds per op type for the pair, each exported by the first
-    ONNX mode in ``--modes`` (legacy when none), at the largest batch size."""
+    ONNX mode in ``--modes`` (legacy when none), at the largest batch size; with ``--modes compile`` alone,
+    torch.profiler's self milliseconds per op of the ``torch.compile``d pair instead."""
     base_name = PAIRS[name][0]
-    exporter = next((m.split('-')[1] for m in args.modes if m.startswith('onnx-')), 'legacy')
     batch_size = max(args.batch_sizes)
     images = torch.randn(batch_size, 3, args.img_size, args.img_size)
-    profiles = {k: op_type_profile(export_onnx(create(m, args.img_size), exporter, args.img_size), images,
-                                   args.threads, args.repeats)
-                for k, m in (('mrla', name), ('base', base_name))}
+    if args.modes == ['compile']:
+        torch._inductor.config.cpp.enable_kernel_profile = True
+        profiles = {k: torch_op_profile(torch.compile(create(m, args.img_size)), images, args.repeats)
+                    for k, m in (('mrla', name), ('base', base_name))}
+        title = (f'torch.profiler, torch.compile (Inductor), batch {batch_size}, self CPU ms per run (mean of '
+                 f'{args.repeats} runs; ops under 0.05 ms left out), and calls of each op per run:')
+    else:
+        exporter = next((m.split('-')[1] for m in args.modes if m.startswith('onnx-')), 'legacy')
+        profiles = {k: op_type_profile(export_onnx(create(m, args.img_size), exporter, args.img_size), images,
+                                       args.threads, args.repeats)
+                    for k, m in (('mrla', name), ('base', base_name))}
+        title = (f'ONNX Runtime profile, {exporter} export, batch {batch_size}, kernel ms per run (mean of '
+                 f'{args.repeats} runs), and nodes of each type in the optimised graph:')
     ms = {k: {op: v[0] for op, v in p.items()} for k, p in profiles.items()}
     nodes = {k: {op: v[1] for op, v in p.items()} for k, p in profiles.items()}
     ops = sorted(set(ms['mrla']) | set(ms['base']), key=lambda op: ms['base'].get(op, 0) - ms['mrla'].get(op, 0))
-    lines = [f'ONNX Runtime profile, {exporter} export, batch {batch_size}, kernel ms per run (mean of '
-             f'{args.repeats} runs), and nodes of each type in the optimised graph:', '',
-             f'| op type | {name} | {base_name} | added | nodes ({name} / {base_name}) |', '|---|---|---|---|---|']
+    lines = [title, '', f'| op type | {name} | {base_name} | added | nodes ({name} / {base_name}) |',
+             '|---|---|---|---|---|']
     for op in ops + ['total']:
         mrla, base = (sum(p.values()) if op == 'total' else p.get(op, 0.) for p in (ms['mrla'], ms['base']))
         count = (sum(n.values()) if op == 'total' else n.get(op, 0) for n in (nodes['mrla'], nodes['base']))
