@@ -48,10 +48,10 @@ import torch.fx
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
-from timm.layers import BatchNormAct2d, DropPath, LayerNorm
+from timm.layers import BatchNormAct2d, DropPath
 
 from .recompute import (average_factor, batchnorm_scale_shift, batchnorm_stats_dtype, drop_path_keep_scale,
-                        is_plain_batchnorm, needs_plain_modules, observed, update_running_stats)
+                        is_plain_batchnorm, is_plain_layer_norm, needs_plain_modules, observed, update_running_stats)
 
 __all__ = ['light_branch_applies', 'light_branch_train', 'token_light', 'token_light_applies']
 
@@ -199,13 +199,6 @@ def light_branch_train(x: torch.Tensor, prev: torch.Tensor, mrla: nn.Module, nor
         getattr(prev_norm, 'eps', 0.))
 
 
-def _plain_layer_norm(norm: nn.Module) -> bool:
-    """A LayerNorm over the last dim whose forward is exactly ``F.layer_norm`` (timm's without fast-norm)."""
-    if type(norm) is LayerNorm:
-        return not norm._fast_norm
-    return type(norm) is nn.LayerNorm
-
-
 def _token_value(mrla: nn.Module) -> Optional[Tuple[nn.GELU, Optional[nn.Module]]]:
     """The value's GELU and its training-mode BatchNorm (None for DeiT's value, a GELU alone), when the value is one
     of these two; None for any other value."""
@@ -229,8 +222,8 @@ def token_light_applies(x: torch.Tensor, prev: torch.Tensor, mrla: nn.Module, no
     would miss.
     """
     value = _token_value(mrla)
-    if not (mrla.training and value is not None and _plain_layer_norm(norm)
-            and (prev_norm is None or _plain_layer_norm(prev_norm))):
+    if not (mrla.training and value is not None and is_plain_layer_norm(norm)
+            and (prev_norm is None or is_plain_layer_norm(prev_norm))):
         return False
     act, bn = value
     if any(observed(m) for m in (mrla, mrla.v, mrla.value_act, act, norm, prev_norm) if m is not None):

@@ -5,10 +5,10 @@ from typing import Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
-from timm.layers import BatchNormAct2d
+from timm.layers import BatchNormAct2d, LayerNorm
 
-__all__ = ['observed', 'needs_plain_modules', 'is_plain_batchnorm', 'average_factor', 'drop_path_keep_scale',
-           'batchnorm_stats_dtype', 'update_running_stats', 'batchnorm_scale_shift']
+__all__ = ['observed', 'needs_plain_modules', 'is_plain_batchnorm', 'is_plain_layer_norm', 'average_factor',
+           'drop_path_keep_scale', 'batchnorm_stats_dtype', 'update_running_stats', 'batchnorm_scale_shift']
 
 
 def observed(module: nn.Module) -> bool:
@@ -39,6 +39,13 @@ def is_plain_batchnorm(norm: nn.Module) -> bool:
     if type(norm) is BatchNormAct2d:
         return isinstance(norm.act, nn.Identity) and isinstance(norm.drop, nn.Identity)
     return type(norm) is nn.BatchNorm2d
+
+
+def is_plain_layer_norm(norm: nn.Module) -> bool:
+    """A LayerNorm over the last dim whose forward is exactly ``F.layer_norm`` (timm's without fast-norm)."""
+    if type(norm) is LayerNorm:
+        return not norm._fast_norm
+    return type(norm) is nn.LayerNorm
 
 
 def average_factor(num_batches_tracked: Optional[torch.Tensor], momentum: Optional[float]

@@ -32,15 +32,15 @@ import torch.nn.functional as F
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, IMAGENET_INCEPTION_MEAN, IMAGENET_INCEPTION_STD
 from timm.layers import DropPath, LayerNorm
-from timm.models import VisionTransformer, build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import VisionTransformer, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint
 from timm.models.vision_transformer import Block
 from timm.models.vision_transformer import checkpoint_filter_fn as vit_checkpoint_filter_fn
 
 from timm_mrla.layers import MRLABase, MRLALight
-from timm_mrla.layers.light_train import _plain_layer_norm, token_light
-from timm_mrla.layers.recompute import observed
+from timm_mrla.layers.light_train import token_light
+from timm_mrla.layers.recompute import is_plain_layer_norm, observed
 from timm_mrla.hub import pretrained_cfgs
 from ._helpers import (AuthorsLayoutMixin, build_mrla_model, lambda_no_weight_decay, remap_state_dict,
                        with_mrla_switched_off)
@@ -116,7 +116,7 @@ class MRLALightBlock(Block):
 
     def _folds_lambda(self) -> bool:
         """At inference, with a plain LayerNorm and nobody observing the layer or the norm."""
-        return (not self.mrla.training and _plain_layer_norm(self.norm_mrla_prev)
+        return (not self.mrla.training and is_plain_layer_norm(self.norm_mrla_prev)
                 and not any(observed(m) for m in (self.mrla, self.norm_mrla_prev)))
 
     def _folded_lambda_branch(self, x_grid: torch.Tensor, prev_tokens: torch.Tensor) -> torch.Tensor:

@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.models import EfficientNet, build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import EfficientNet, generate_default_cfgs, register_model
 from timm.models._efficientnet_blocks import InvertedResidual
 from timm.models._efficientnet_builder import (
     BN_EPS_TF_DEFAULT, decode_arch_def, efficientnet_init_weights, resolve_act_layer, resolve_bn_args, round_channels)

@@ -28,7 +28,7 @@ from torch.utils.checkpoint import checkpoint
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath
-from timm.models import BasicBlock, Bottleneck, ResNet, build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import BasicBlock, Bottleneck, ResNet, generate_default_cfgs, register_model
 
 from timm_mrla.layers import MRLABase, MRLALight, add_mrla_light, batchnorm_affine
 from timm_mrla.layers.base_train import ValueCache, base_branch_applies, base_branch_train
