@@ -234,7 +234,7 @@ def test_base_cache_memory_grows_linearly_with_depth():
     assert fast[-1] < literal[-1]
 
 
-@pytest.mark.parametrize('name', ['resnet101_mrla', 'tf_efficientnet_lite0_mrla'])
+@pytest.mark.parametrize('name', ['resnet101_mrla', 'resnet50_mrla_base', 'tf_efficientnet_lite0_mrla'])
 def test_fx_traced_model_computes_what_the_eager_one_does(name):
     """A deep eval model traced by FX keeps the folded branch, so it matches eager bit for bit (timm's FX test
     compares elementwise at rtol 1e-4, which activations of hundreds at init miss under any rounding change)."""

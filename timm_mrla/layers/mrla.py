@@ -249,7 +249,8 @@ class MRLABase(_MRLAProjections):
         for t in range(1, len(values)):
             out = out.addcmul_(values[t], (expand_heads(attn[:, t], self.head_dim) * scale).to(x.dtype))
         out = out.relu_()
-        return (x + out if out.requires_grad else out.add_(x)), k, v  # relu_ keeps its output for backward
+        # in place only without autograd (relu_ keeps its output for backward); a Python bool, which FX can trace
+        return (x + out if torch.is_grad_enabled() else out.add_(x)), k, v
 
 
 def batchnorm_affine(norm: nn.Module) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
