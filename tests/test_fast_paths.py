@@ -264,3 +264,23 @@ def test_inference_folds_step_aside_for_training_and_observers():
     assert not deit_block._folds_lambda() and base_block._folded_norm() is None
     for handle in handles:
         handle.remove()
+
+
+@pytest.mark.parametrize('name, kwargs', [('deit_tiny_mrla', dict(img_size=32, depth=2)),
+                                          ('resnet50_mrla_base', dict(layers=(1, 2, 1, 1)))])
+def test_compiled_inference_equals_reference(name, kwargs):
+    """torch.compile at inference (one graph): DeiT's lambda fold runs there, MRLA-base leaves Inductor the plain
+    branch; both equal the reference form."""
+    torch.manual_seed(0)
+    model = timm.create_model(name, num_classes=10, **kwargs)
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            _trained_bn(module)
+    model.eval()
+    size = 32 if name.startswith('deit') else 64
+    x = torch.randn(2, 3, size, size)
+    with torch.inference_mode():
+        out = torch.compile(model, backend='aot_eager', fullgraph=True)(x)
+        with reference_mode(model):
+            ref = model(x)
+    assert_rel_close(out, ref, 1e-5)

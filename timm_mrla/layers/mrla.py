@@ -219,10 +219,16 @@ class MRLABase(_MRLAProjections):
             keys: List[torch.Tensor],
             values: List[torch.Tensor],
     ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        attn, k, v, values = self._attend_cache(x, keys, values)
+        return weighted_values(attn, values, self.head_dim), k, v
+
+    def _attend_cache(self, x: torch.Tensor, keys: List[torch.Tensor], values: List[torch.Tensor]
+                      ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, List[torch.Tensor]]:
+        """``attend``, with the cache checked, and the values this block weighs (the cached ones and its own)."""
         if len(keys) != len(values):
             raise ValueError(f'MRLABase cache holds {len(keys)} keys but {len(values)} values')
         attn, k, v = self.attend(x, keys)
-        return weighted_values(attn, values + [v], self.head_dim), k, v
+        return attn, k, v, values + [v]
 
     def forward_folded(self, x: torch.Tensor, keys: List[torch.Tensor], values: List[torch.Tensor],
                        scale: torch.Tensor, shift: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -235,10 +241,7 @@ class MRLABase(_MRLAProjections):
         branch then ends in a convolution, keeps the block's output and residual add in its blocked layout
         (measured in BENCHMARKS.md).
         """
-        if len(keys) != len(values):
-            raise ValueError(f'MRLABase cache holds {len(keys)} keys but {len(values)} values')
-        attn, k, v = self.attend(x, keys)
-        values = values + [v]
+        attn, k, v, values = self._attend_cache(x, keys, values)
         if _capturing_graph():
             summed = weighted_values(attn, values, self.head_dim)
             kernel = scale.to(x.dtype).reshape(-1, 1, 1, 1)
